@@ -1,0 +1,21 @@
+from zenml import pipeline
+
+from steps import (augment_questions, evaluate_model, generate_synthetic, ingest_sources, register_model,
+                   select_images, train_model, validate_manifest)
+
+
+@pipeline(name="mathllava_training")
+def mathllava_training(data: dict, validate: dict, select: dict, augment: dict, model: dict, train: dict,
+                       evaluate: dict, register: dict) -> None:
+    """ingest -> validate -> select -> augment -> train -> evaluate -> register."""
+    train_annotations, heldout_annotations = generate_synthetic(data=data)
+    manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)
+    heldout_manifest, _ = ingest_sources(annotations=heldout_annotations, data=data, include_extra=False,
+                                         id="ingest_heldout")
+    valid, _quarantine, _report = validate_manifest(manifest=manifest, ingest_quarantine=ingest_quarantine, rules=validate)
+    selection, _scored, _selection_report = select_images(valid_manifest=valid, select=select)
+    curated = augment_questions(selection=selection, augment_cfg=augment)
+    model_dir, _history = train_model(curated_dataset=curated, model_cfg=model, train_cfg=train)
+    eval_report, _predictions = evaluate_model(model_dir=model_dir, curated_dataset=curated,
+                                               heldout_manifest=heldout_manifest, evaluate_cfg=evaluate, model_cfg=model)
+    register_model(model_dir=model_dir, curated_dataset=curated, eval_report=eval_report, register_cfg=register)

@@ -1,0 +1,1 @@
+"""mathllava: domain logic for the Math-LLaVA data and model pipeline (no ZenML imports)."""

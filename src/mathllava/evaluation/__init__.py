@@ -1,0 +1,1 @@
+"""Benchmark protocols: query building, answer extraction, normalisation and scoring."""

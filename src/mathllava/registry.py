@@ -1,0 +1,62 @@
+"""Model registration in the MLflow registry and the promotion gate (aliases, not stages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    reasons: list[str]
+
+
+def gate(model_accuracy: float, frequent_accuracy: float, untrained_accuracy: float,
+         min_margin_over_frequent: float = 0.0, min_margin_over_untrained: float = 0.0) -> GateResult:
+    """The challenger gate: the trained model must beat the frequent-answer baseline and the
+    untrained model on the same held-out split by the configured margins (accuracy points)."""
+    reasons = []
+    ok_freq = model_accuracy > frequent_accuracy + min_margin_over_frequent
+    ok_untr = model_accuracy > untrained_accuracy + min_margin_over_untrained
+    reasons.append(f"model {model_accuracy:.2f} {'>' if ok_freq else '<='} frequent-answer "
+                   f"{frequent_accuracy:.2f} + {min_margin_over_frequent:.2f}")
+    reasons.append(f"model {model_accuracy:.2f} {'>' if ok_untr else '<='} untrained "
+                   f"{untrained_accuracy:.2f} + {min_margin_over_untrained:.2f}")
+    return GateResult(ok_freq and ok_untr, reasons)
+
+
+def register_model_dir(model_dir: str, name: str, tags: dict[str, str], description: str = "",
+                       artifact_path: str = "model") -> tuple[str, str]:
+    """Log a saved model directory to the active MLflow run and register it as a new version of
+    `name`; returns (version, source URI)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("register_model_dir needs an active MLflow run")
+    mlflow.log_artifacts(model_dir, artifact_path)
+    source = mlflow.get_artifact_uri(artifact_path)
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(name, description="Math-LLaVA-style models trained by mathllava-ops")
+    version = client.create_model_version(name, source=source, run_id=run.info.run_id,
+                                          tags={k: str(v) for k, v in tags.items()}, description=description)
+    return version.version, source
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def version_for_alias(name: str, alias: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias).version
+    except Exception:
+        return None

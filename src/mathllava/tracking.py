@@ -1,0 +1,55 @@
+"""Small MLflow helpers shared by the steps (no-ops when no MLflow run is active)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _active() -> bool:
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
+def log_params(params: dict[str, Any], prefix: str = "") -> None:
+    import mlflow
+
+    if not _active():
+        return
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flat[f"{prefix}{key}.{k}"] = json.dumps(v) if isinstance(v, (list, dict)) else v
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+
+
+def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
+    import mlflow
+
+    if not _active():
+        return
+    clean = {}
+    for k, v in metrics.items():
+        name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in f"{prefix}{k}")
+        clean[name] = float(v)
+    mlflow.log_metrics(clean, step=step)
+
+
+def log_figure(fig, name: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    if _active():
+        mlflow.log_figure(fig, name)
+    plt.close(fig)
+
+
+def log_dict(data: dict, name: str) -> None:
+    import mlflow
+
+    if _active():
+        mlflow.log_dict(data, name)

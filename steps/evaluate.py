@@ -1,0 +1,59 @@
+from pathlib import Path
+from typing import Annotated, Tuple
+
+import pandas as pd
+from zenml import step
+
+from mathllava import plots
+from mathllava.evaluation.mathv import load_mathv
+from mathllava.evaluation.runner import (accuracy, breakdown, frequent_answer_responses, problem_from_row,
+                                         score_responses)
+from mathllava.modeling import TinyModelConfig, build_model, generate_answers, load
+from mathllava.tracking import log_dict, log_figure, log_metrics
+
+
+def _score(name: str, problems: list[dict], responses: list[str], split: str, report: dict, results: dict) -> None:
+    per_pid, scores = score_responses(problems, responses)
+    report[split][name] = {"accuracy": accuracy(scores), "by_task": breakdown(scores, "task"),
+                           "by_skill": breakdown(scores, "skills"), "by_question_type": breakdown(scores, "question_type"),
+                           "scores": scores}
+    results[f"{split}/{name}"] = per_pid
+    log_metrics({f"{split}_{name}_accuracy": accuracy(scores),
+                 **{f"{split}_{name}_task_{k}": v for k, v in breakdown(scores, "task").items()}})
+
+
+@step
+def evaluate_model(model_dir: Path, curated_dataset: pd.DataFrame, heldout_manifest: pd.DataFrame,
+                   evaluate_cfg: dict, model_cfg: dict) -> Tuple[Annotated[dict, "eval_report"],
+                                                                 Annotated[dict, "predictions"]]:
+    """MathVista-rule scores for the trained model, the untrained model and the frequent-answer
+    baseline on the held-out synthetic split (and Math-V testmini when present)."""
+    model, processor = load(model_dir)
+    untrained = build_model(processor.tokenizer, TinyModelConfig(**model_cfg))
+    train_problems = [problem_from_row(r) for r in curated_dataset.to_dict("records")]
+
+    seen = set(curated_dataset["image_sha256"].dropna())
+    heldout = heldout_manifest[~heldout_manifest["image_sha256"].isin(seen)]
+    splits = {"heldout": ([problem_from_row(r) for r in heldout.to_dict("records")], heldout["image_path"].tolist())}
+    math_v_dir = Path(evaluate_cfg.get("math_v_dir") or "")
+    if evaluate_cfg.get("math_v_dir") and (math_v_dir / "images").is_dir():
+        mv = load_mathv(math_v_dir, evaluate_cfg.get("math_v_limit"))
+        splits["mathv"] = (mv, [p["image_path"] for p in mv])
+
+    report: dict = {"heldout_overlap_removed": int(len(heldout_manifest) - len(heldout))}
+    results: dict = {}
+    for split, (problems, paths) in splits.items():
+        report[split] = {"problems": len(problems)}
+        queries = [p["query"] for p in problems]
+        for name, net in (("model", model), ("untrained", untrained)):
+            responses = generate_answers(net, processor, queries, paths, evaluate_cfg["batch_size"],
+                                         evaluate_cfg["max_new_tokens"], progress=True)
+            _score(name, problems, responses, split, report, results)
+        _score("frequent", problems, frequent_answer_responses(train_problems, problems), split, report, results)
+        log_figure(plots.accuracy_bars({n: report[split][n]["by_task"] for n in ("model", "untrained", "frequent")},
+                                       f"{split}: accuracy by task"), f"evaluation/{split}_by_task.png")
+        log_figure(plots.accuracy_bars({n: report[split][n]["by_skill"] for n in ("model", "untrained", "frequent")},
+                                       f"{split}: accuracy by skill"), f"evaluation/{split}_by_skill.png")
+        log_dict(report[split]["model"]["scores"], f"evaluation/{split}_scores.json")
+    log_dict(results, "evaluation/predictions.json")
+    return report, results
