@@ -40,8 +40,10 @@ def rule_rephrase(question: str, rng: random.Random) -> str:
     body = question.strip()
     for pattern, repl in _LEADS:
         body = pattern.sub(repl, body)
-    body = body[:1].lower() + body[1:] if body[:2] != body[:2].upper() else body
-    return rng.choice(_REPHRASE_PREFIXES) + body
+    prefix = rng.choice(_REPHRASE_PREFIXES)
+    if prefix.endswith(", ") and body[:2] != body[:2].upper():  # keep acronyms such as "AB" as they are
+        body = body[:1].lower() + body[1:]
+    return prefix + body
 
 
 def rule_underspecify(question: str) -> str | None:

@@ -69,7 +69,7 @@ def build_query(
     if question_type == "multi_choice" and choices:
         letters = [chr(ord("A") + i) for i in range(len(list(choices)))]
         text += "\nChoices:\n" + "\n".join(f"({l}) {c}" for l, c in zip(letters, choices))
-    return text
+    return text.strip()  # the shipped prompts carry no trailing whitespace
 
 
 _ANSWER_IS = re.compile(r"[Tt]he answer is[:\s]*\"?(.+?)\"?\s*\.?\s*$", re.S)

@@ -1,0 +1,69 @@
+"""End to end: the real ZenML store, a real MLflow server and registry, the full DAG on a tiny config."""
+
+import os
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(state_dir):
+    from stacks import bootstrap
+
+    bootstrap.main([])
+    yield f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}"
+    from mathllava.localserver import stop
+
+    stop(state_dir / "mlflow")
+
+
+@pytest.fixture(scope="module")
+def first_run(stack):
+    import run
+
+    return run.main(["--config", str(ROOT / "configs" / "test.yaml")])
+
+
+def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    info = first_run
+    assert info["ingested"] == info["valid"] + info["quarantined"]
+    assert info["selected"] == sum(info["selected_by_level"].values())
+    assert info["curated"] > info["selected"]
+    assert set(info["augmented_by_type"]) == {"original", "new_question", "harder", "rephrased", "underspecified"}
+    assert info["loss_last"] < info["loss_first"]
+
+    mlflow.set_tracking_uri(stack)
+    client = MlflowClient()
+    name, version = info["model"].split(" v")
+    mv = client.get_model_version(name, version)
+    assert {"zenml_run_id", "dataset_digest", "git_commit", "heldout_accuracy", "gate_passed"} <= set(mv.tags)
+    if mv.tags["gate_passed"] == "True":
+        assert client.get_model_version_by_alias(name, "challenger").version == version
+    run = client.get_run(mv.run_id)
+    for metric in ("heldout_model_accuracy", "heldout_frequent_accuracy", "heldout_untrained_accuracy",
+                   "validation_failure_rate", "selected", "curated_rows"):
+        assert metric in run.data.metrics, metric
+    assert any(k.startswith("train.") for k in run.data.params)
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [mv.tags["dataset_digest"]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/heldout_by_task.png" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} == {"training/loss_curve.png"}
+    model_files = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= model_files
+
+
+def test_second_run_reuses_cached_steps(first_run):
+    import run
+    from zenml.client import Client
+
+    info = run.main(["--config", str(ROOT / "configs" / "test.yaml")])
+    assert {"train_model", "select_images", "validate_manifest", "evaluate_model"} <= set(info["cached_steps"])
+    assert info["model"] == first_run["model"]  # nothing new to register when nothing changed
+    runs = Client().list_pipeline_runs(pipeline_id=Client().get_pipeline("mathllava_training").id)
+    assert runs.total >= 2
