@@ -43,7 +43,7 @@ def summary(run) -> dict:
         "alias": registration["alias"],
         "gate": registration["gate"],
         "mlflow_ui": registration["tracking_uri"],
-        "cached_steps": sorted(n for n, s in run.steps.items() if str(s.status).endswith("CACHED")),
+        "cached_steps": sorted(n for n, s in run.steps.items() if str(getattr(s.status, "value", s.status)).lower() == "cached"),
     }
     if "mathv" in evaluation:
         out["mathv_accuracy"] = {k: evaluation["mathv"][k]["accuracy"] for k in ("model", "untrained", "frequent")}
