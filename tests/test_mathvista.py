@@ -91,3 +91,16 @@ def test_edit_distance():
     assert mv.edit_distance("kitten", "sitting") == 3
     assert mv.edit_distance("", "abc") == 3
     assert mv.most_similar_choice("bleu", ["red", "blue"]) == "blue"
+
+
+@pytest.mark.skipif(not RESULTS.exists(), reason="shared MathVista results not present")
+def test_cli_rescoring_writes_the_benchmark_layout(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "scores.json"
+    proc = subprocess.run([sys.executable, "-m", "mathllava.cli", "eval", "score", "--benchmark", "mathvista",
+                           str(RESULTS / "output_random_guess.json"), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "179/1000 = 17.9%" in proc.stdout
+    assert json.loads(out.read_text()) == json.loads((RESULTS / "scores_random_guess.json").read_text())
