@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent
 
 def summary(run) -> dict:
     """Counts through each stage, loss, accuracy and the registered version from a finished run."""
+    from zenml.enums import ExecutionStatus
 
     def load(step: str, output: str):
         return run.steps[step].outputs[output][0].load()
@@ -43,7 +44,7 @@ def summary(run) -> dict:
         "alias": registration["alias"],
         "gate": registration["gate"],
         "mlflow_ui": registration["tracking_uri"],
-        "cached_steps": sorted(n for n, s in run.steps.items() if str(getattr(s.status, "value", s.status)).lower() == "cached"),
+        "cached_steps": sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED),
     }
     if "mathv" in evaluation:
         out["mathv_accuracy"] = {k: evaluation["mathv"][k]["accuracy"] for k in ("model", "untrained", "frequent")}

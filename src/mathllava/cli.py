@@ -12,10 +12,10 @@ from pathlib import Path
 
 
 def _score(args: argparse.Namespace) -> int:
-    predictions = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
     if args.benchmark != "mathvista":
         print(f"error: re-scoring for {args.benchmark!r} is not available yet (only mathvista)", file=sys.stderr)
         return 2
+    predictions = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
     from .evaluation.mathvista import rescore
 
     updated, scores = rescore(predictions)
