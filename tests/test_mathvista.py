@@ -84,7 +84,7 @@ def test_quick_extraction_rules():
     assert mv.quick_extract("red", "multi_choice", "text", ["red", "blue"]) == "red"
     assert mv.quick_extract('The answer is "42".', "free_form", "integer", None) == "42"
     assert mv.quick_extract("I think it is about twelve", "free_form", "integer", None) is None
-    assert mv.extract_answer("I think twelve", "free_form", "integer", None, llm_extract=lambda r: "12") == ("12", "llm")
+    assert mv.extract_answer("I think twelve", "free_form", "integer", None, llm_extract=lambda q, r: "12") == ("12", "llm")
 
 
 def test_edit_distance():

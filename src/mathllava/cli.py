@@ -1,6 +1,13 @@
 """`mathllava` command line.
 
     mathllava eval score --benchmark mathvista PREDICTIONS.json --out SCORES.json
+    mathllava eval score --benchmark mathv PREDICTIONS.jsonl --data MATH-V-DIR --out SCORES.json
+    mathllava eval score --benchmark mmmu PREDICTIONS.json --answers answer_dict_val.json --out SCORES.json
+    mathllava eval run --benchmark mathv --data ../shared/data/math-v-testmini --model-dir MODEL --out DIR
+    mathllava eval run --benchmark mathv --data ... --endpoint http://127.0.0.1:8000/v1 --model NAME --out DIR
+    mathllava serve MODEL_DIR [--port 8000]
+
+`eval run` settings may also come from a YAML file (--config); flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -10,20 +17,136 @@ import json
 import sys
 from pathlib import Path
 
+RUN_DEFAULTS = {
+    "limit": None, "images_dir": None, "batch_size": 8, "max_new_tokens": 64, "temperature": 0.0, "seed": 0,
+    "endpoint": None, "model": None, "model_dir": None, "api_key_env": "OPENAI_API_KEY", "concurrency": 8,
+    "timeout": 120.0, "retries": 4, "backoff": 0.5, "chunk_size": 32, "llm_extract_endpoint": None,
+    "llm_extract_model": None, "mlflow_uri": None, "experiment": "mathllava-evaluation", "run_name": None,
+}
+
 
 def _score(args: argparse.Namespace) -> int:
-    if args.benchmark != "mathvista":
-        print(f"error: re-scoring for {args.benchmark!r} is not available yet (only mathvista)", file=sys.stderr)
-        return 2
-    predictions = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
-    from .evaluation.mathvista import rescore
+    from .evaluation import benchmarks
 
-    updated, scores = rescore(predictions)
-    Path(args.out).write_text(json.dumps(scores, indent=4, ensure_ascii=False))
+    benchmark = benchmarks.get(args.benchmark)
+    path = Path(args.predictions)
+    if not path.exists():
+        print(f"error: no predictions file at {path}", file=sys.stderr)
+        return 2
+    try:
+        predictions = benchmark.read_predictions(path)
+        judged = benchmark.rescore(predictions, data=args.data, answers=args.answers,
+                                   regen_answer=not args.keep_model_answer)
+    except (ValueError, KeyError, FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(judged.scores, indent=4, ensure_ascii=False), encoding="utf-8")
     if args.updated:
-        Path(args.updated).write_text(json.dumps(updated, indent=4, ensure_ascii=False))
-    avg = scores["average"]
-    print(f"{args.benchmark}: {avg['correct']}/{avg['total']} = {avg['accuracy']}%  -> {args.out}")
+        benchmark.write_predictions(args.updated, judged.predictions)
+    print(f"{args.benchmark}: {judged.accuracy:.2f}%  -> {args.out}")
+    return 0
+
+
+def _run_settings(args: argparse.Namespace) -> dict:
+    settings = dict(RUN_DEFAULTS)
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        unknown = set(loaded) - set(RUN_DEFAULTS) - {"benchmark", "data", "out"}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
+        settings.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    settings.update({k: v for k, v in vars(args).items() if v is not None and k in set(RUN_DEFAULTS) | {"benchmark", "data", "out"}})
+    for key in ("benchmark", "data", "out"):
+        if not settings.get(key):
+            raise ValueError(f"--{key} is required (on the command line or in --config)")
+    if bool(settings["endpoint"]) == bool(settings["model_dir"]):
+        raise ValueError("give exactly one of --model-dir (local transformers) or --endpoint (OpenAI-compatible)")
+    return settings
+
+
+def make_backend(s: dict):
+    import os
+
+    from .evaluation.backends import OpenAIChatBackend, TransformersBackend
+
+    if s["endpoint"]:
+        if not s["model"]:
+            raise ValueError("--model (the served model name) is required with --endpoint")
+        return OpenAIChatBackend(s["endpoint"], s["model"], api_key=os.environ.get(s["api_key_env"] or ""),
+                                 max_tokens=s["max_new_tokens"], temperature=s["temperature"], seed=s["seed"],
+                                 timeout=s["timeout"], max_retries=s["retries"], backoff=s["backoff"],
+                                 concurrency=s["concurrency"])
+    return TransformersBackend(s["model_dir"], batch_size=s["batch_size"], max_new_tokens=s["max_new_tokens"],
+                               temperature=s["temperature"], seed=s["seed"])
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from .evaluation import benchmarks
+    from .evaluation.harness import RunMismatch, log_to_mlflow, run_benchmark
+
+    try:
+        s = _run_settings(args)
+        benchmark = benchmarks.get(s["benchmark"])
+        out = Path(s["out"])
+        problems = benchmark.load(s["data"], s["limit"], s["images_dir"], work_dir=out)
+        backend = make_backend(s)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    llm_extract = None
+    if s["llm_extract_endpoint"]:
+        from .evaluation.backends import OpenAIChatBackend
+        from .evaluation.llm_extract import ChatAnswerExtractor
+
+        llm_extract = ChatAnswerExtractor(OpenAIChatBackend(
+            s["llm_extract_endpoint"], s["llm_extract_model"] or "gpt-4o-mini",
+            api_key=os.environ.get(s["api_key_env"] or ""), temperature=0.0, timeout=s["timeout"],
+            max_retries=s["retries"], backoff=s["backoff"]))
+    print(f"{benchmark.name}: {len(problems)} problems -> {out}")
+    try:
+        judged = run_benchmark(benchmark, problems, backend, out, chunk_size=s["chunk_size"], llm_extract=llm_extract)
+    except RunMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # the endpoint failed for good (after retries)
+        print(f"error: {err}\nfinished responses are kept in {out / 'responses.jsonl'}; rerun to continue",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished responses are kept in {out / 'responses.jsonl'}; rerun to continue",
+              file=sys.stderr)
+        return 130
+    gen = judged.extra.get("generation", {})
+    rate = gen.get("problems_per_second")
+    print(f"{benchmark.name}: accuracy {judged.accuracy:.2f}%  (generated {gen.get('generated')}, reused "
+          f"{gen.get('reused')}{f', {rate:.2f} problems/s' if rate else ''})")
+    for group, values in judged.groups.items():
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in list(values.items())[:12])
+        print(f"  by {group}: {shown}")
+    if s["mlflow_uri"]:
+        import mlflow
+
+        mlflow.set_tracking_uri(s["mlflow_uri"])
+        mlflow.set_experiment(s["experiment"])
+        with mlflow.start_run(run_name=s["run_name"] or f"{benchmark.name}-{backend.describe()['model']}"):
+            mlflow.log_params({f"eval.{k}": str(v)[:250] for k, v in s.items() if k not in ("api_key_env",)})
+            log_to_mlflow(benchmark, judged, out)
+        print(f"logged to MLflow at {s['mlflow_uri']} (experiment {s['experiment']})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    try:
+        serve(args.model_dir, host=args.host, port=args.port, model_name=args.name)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -31,12 +154,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mathllava")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="benchmark evaluation").add_subparsers(dest="action", required=True)
+
     score = ev.add_parser("score", help="re-score a benchmark-format predictions file")
     score.add_argument("predictions")
     score.add_argument("--benchmark", choices=["mathvista", "mathv", "mmmu"], default="mathvista")
     score.add_argument("--out", required=True, help="scores file, in the benchmark's own layout")
-    score.add_argument("--updated", help="also write the predictions with re-computed prediction/true_false")
+    score.add_argument("--data", help="Math-V: the benchmark's JSONL (or folder) when lines carry no ground truth")
+    score.add_argument("--answers", help="MMMU: ground truth in answer_dict_val.json layout")
+    score.add_argument("--keep-model-answer", action="store_true",
+                       help="Math-V: judge the stored model_answer instead of re-extracting it from the response")
+    score.add_argument("--updated", help="also write the predictions with re-computed judgements")
     score.set_defaults(func=_score)
+
+    run = ev.add_parser("run", help="generate answers for a benchmark, score them and write its files")
+    run.add_argument("--config", help="YAML with any of the settings below")
+    run.add_argument("--benchmark", choices=["mathvista", "mathv", "mmmu"])
+    run.add_argument("--data", help="benchmark data: MathVista testmini.json, Math-V folder/JSONL, MMMU parquet folder")
+    run.add_argument("--out", help="output folder (reused to resume)")
+    run.add_argument("--images-dir", help="MathVista/MMMU: where the images are (or are written)")
+    run.add_argument("--limit", type=int)
+    run.add_argument("--model-dir", help="local backend: a saved LLaVA model directory")
+    run.add_argument("--endpoint", help="HTTP backend: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    run.add_argument("--model", help="HTTP backend: the served model name")
+    run.add_argument("--api-key-env", help="environment variable that holds the API key")
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--concurrency", type=int)
+    run.add_argument("--timeout", type=float)
+    run.add_argument("--retries", type=int)
+    run.add_argument("--backoff", type=float)
+    run.add_argument("--chunk-size", type=int)
+    run.add_argument("--llm-extract-endpoint", help="MathVista: OpenAI-compatible endpoint for answer extraction")
+    run.add_argument("--llm-extract-model")
+    run.add_argument("--mlflow-uri", help="log metrics, files and charts to this MLflow tracking server")
+    run.add_argument("--experiment")
+    run.add_argument("--run-name")
+    run.set_defaults(func=_run)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible chat-completions server for a model directory")
+    srv.add_argument("model_dir")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--name", help="model name to serve under (default: the directory name)")
+    srv.set_defaults(func=_serve)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

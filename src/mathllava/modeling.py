@@ -205,29 +205,59 @@ def train(model, processor, dataset: ConversationDataset, cfg: TrainConfig, outp
     return trainer.state.log_history
 
 
-def generate_answers(model, processor, queries: list[str], image_paths: list[str], batch_size: int = 16,
-                     max_new_tokens: int = 12, progress: bool = False) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded assistant replies."""
+def prompt_text_only(query: str, system: str = SYSTEM_PROMPT) -> str:
+    """The same template without an image (text-only requests such as answer extraction)."""
+    return f"{system} USER: {query} ASSISTANT:"
+
+
+def generate_replies(model, processor, queries: list[str], images: list, max_new_tokens: int = 12,
+                     temperature: float = 0.0, seed: int | None = 0) -> list[str]:
+    """One batch: left-padded, greedy unless temperature > 0 (then sampled with `seed`). `images`
+    holds PIL images or None (a text-only prompt); mixed batches are split by kind."""
     import torch
 
+    if len(queries) != len(images):
+        raise ValueError("one image (or None) per query")
+    with_image = [i for i, im in enumerate(images) if im is not None]
+    without = [i for i, im in enumerate(images) if im is None]
+    if with_image and without:
+        out = [""] * len(queries)
+        for group in (with_image, without):
+            replies = generate_replies(model, processor, [queries[i] for i in group], [images[i] for i in group],
+                                       max_new_tokens, temperature, seed)
+            for i, reply in zip(group, replies):
+                out[i] = reply
+        return out
     tok = processor.tokenizer
     tok.padding_side = "left"
     model.eval()
+    if with_image:
+        enc = processor(images=list(images), text=[prompt_text(q) for q in queries], return_tensors="pt", padding=True)
+    else:
+        enc = tok([prompt_text_only(q) for q in queries], return_tensors="pt", padding=True)
+    sampling = temperature > 0
+    if seed is not None:
+        torch.manual_seed(seed)
+    options = {"do_sample": True, "temperature": temperature} if sampling else {"do_sample": False}
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, **options)
+    new = gen[:, enc["input_ids"].shape[1]:]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def generate_answers(model, processor, queries: list[str], image_paths: list[str], batch_size: int = 16,
+                     max_new_tokens: int = 12, progress: bool = False) -> list[str]:
+    """Greedy, batched, left-padded generation over image files; returns the decoded replies."""
     out: list[str] = []
     starts = range(0, len(queries), batch_size)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="generate", unit="batch")
-    with torch.no_grad():
-        for s in starts:
-            images = [load_rgb(p) for p in image_paths[s:s + batch_size]]
-            texts = [prompt_text(q) for q in queries[s:s + batch_size]]
-            enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
+    for s in starts:
+        images = [load_rgb(p) for p in image_paths[s:s + batch_size]]
+        out.extend(generate_replies(model, processor, queries[s:s + batch_size], images, max_new_tokens))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 HINT_MULTI_CHOICE = (
@@ -110,15 +111,21 @@ def extract_answer(
     question_type: str,
     answer_type: str,
     choices: list[str] | None,
-    llm_extract: Callable[[str], str] | None = None,
+    llm_extract: Callable[[str, str], str] | None = None,
+    query: str = "",
 ) -> tuple[str, str]:
-    """Extraction as (answer, method). Without an LLM, an unmatched response is kept whole (the
-    Math-LLaVA copy of the protocol does the same), so normalisation still sees it."""
+    """Extraction as (answer, method). Quick rules first; then the LLM extractor when one is
+    configured (called with the query and the response; a failure gives "" as in the benchmark).
+    Without an LLM, an unmatched response is kept whole (the Math-LLaVA copy of the protocol does
+    the same), so normalisation still sees it."""
     quick = quick_extract(response, question_type, answer_type, choices)
     if quick is not None:
         return quick, "rule"
     if llm_extract is not None:
-        return llm_extract(response), "llm"
+        try:
+            return str(llm_extract(query, str(response))).strip(), "llm"
+        except Exception:
+            return "", "llm_error"
     return str(response).strip(), "raw"
 
 
@@ -241,3 +248,36 @@ def rescore(predictions: Mapping[str, Mapping[str, Any]]) -> tuple[dict, dict]:
         prediction, ok = score_problem(problem, problem.get("extraction", ""))
         updated[pid] = {**problem, "prediction": prediction, "true_false": ok}
     return updated, aggregate(updated)
+
+
+def load_mathvista(path: str | Path, images_dir: str | Path | None = None, limit: int | None = None,
+                   require_images: bool = True) -> list[dict]:
+    """Problems from a MathVista-format file (testmini.json: pid -> problem) and its images folder
+    (default: the file's folder, where `image` paths such as "images/1.jpg" resolve). A prebuilt
+    `query` is used when present, else the zero-shot query is built."""
+    import json
+
+    from ..ingest import resolve_image_path
+
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, list):
+        data = {str(p["pid"]): p for p in data}
+    base = Path(images_dir) if images_dir else path.parent
+    problems, missing = [], []
+    for pid, item in list(data.items())[: limit or None]:
+        image_path = resolve_image_path(base, item["image"]) if item.get("image") else None
+        if image_path is None or not image_path.is_file():
+            missing.append(pid)
+        problem = {k: v for k, v in item.items() if k != "query"}
+        problem.update({
+            "benchmark": "mathvista", "pid": str(item.get("pid", pid)),
+            "image_path": str(image_path) if image_path and image_path.is_file() else None,
+            "query": item.get("query") or build_query(item["question"], item["question_type"], item["answer_type"],
+                                                      item.get("precision"), item.get("choices"), item.get("unit")),
+        })
+        problems.append(problem)
+    if missing and require_images:
+        raise FileNotFoundError(f"{len(missing)} of {len(problems)} MathVista images are missing under {base} "
+                                f"(first: pid {missing[0]}); unzip the benchmark's images.zip there")
+    return problems

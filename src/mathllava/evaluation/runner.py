@@ -43,7 +43,8 @@ def score_responses(problems: list[dict], responses: list[str], llm_extract=None
     results: dict[str, dict] = {}
     for problem, response in zip(problems, responses):
         extraction, method = mathvista.extract_answer(response, problem["question_type"], problem["answer_type"],
-                                                      problem["choices"], llm_extract)
+                                                      problem["choices"], llm_extract,
+                                                      problem.get("query", ""))
         prediction, ok = mathvista.score_problem(problem, extraction)
         results[problem["pid"]] = {**problem, "response": response, "extraction": extraction,
                                    "extraction_method": method, "prediction": prediction, "true_false": ok}

@@ -1,0 +1,172 @@
+"""Generation backends behind one interface: `generate(requests, on_result) -> replies`.
+
+- `TransformersBackend`: a local LLaVA checkpoint (the tiny CPU model or a real LLaVA-1.5 on GPU),
+  batched with left padding, greedy by default, seeded when sampling.
+- `OpenAIChatBackend`: any OpenAI-compatible chat-completions server (vLLM's, or `mathllava serve`),
+  the image sent as a base64 data URL, with timeouts, retries with exponential backoff and a cap on
+  requests in flight.
+
+`on_result(index, reply)` is called as soon as each reply exists so that callers can store it.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+OnResult = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    query: str
+    image_path: str | None = None
+
+
+class TransformersBackend:
+    def __init__(self, model_dir: str | Path | None = None, *, model=None, processor=None, batch_size: int = 8,
+                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, name: str | None = None):
+        from ..modeling import load
+
+        if model is None:
+            if model_dir is None:
+                raise ValueError("TransformersBackend needs a model_dir or a loaded model and processor")
+            model, processor = load(model_dir)
+        self.model, self.processor = model, processor
+        self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
+        self.temperature, self.seed = float(temperature), int(seed)
+        self.name = name or (Path(model_dir).name if model_dir else "in-memory")
+        self._lock = threading.Lock()  # one generate() at a time per model (the server is threaded)
+
+    def describe(self) -> dict:
+        return {"kind": "transformers", "model": self.name, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "seed": self.seed}
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[str]:
+        from ..modeling import generate_replies, load_rgb
+
+        replies: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start:start + self.batch_size]
+            images = [load_rgb(r.image_path) if r.image_path else None for r in batch]
+            with self._lock:
+                out = generate_replies(self.model, self.processor, [r.query for r in batch], images,
+                                       self.max_new_tokens, self.temperature, self.seed)
+            for offset, reply in enumerate(out):
+                if on_result:
+                    on_result(start + offset, reply)
+            replies.extend(out)
+        return replies
+
+    def generate_images(self, queries: list[str], images: list, max_new_tokens: int | None = None,
+                        temperature: float | None = None, seed: int | None = None) -> list[str]:
+        """Generation from in-memory PIL images (the server's path)."""
+        from ..modeling import generate_replies
+
+        with self._lock:
+            return generate_replies(self.model, self.processor, queries, images,
+                                    self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                                    self.temperature if temperature is None else temperature,
+                                    self.seed if seed is None else seed)
+
+
+def image_data_url(path: str | Path) -> str:
+    """`data:image/<format>;base64,...` for an image file (format read from its header)."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    with Image.open(path) as img:
+        fmt = (img.format or "png").lower()
+    return f"data:image/{fmt};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class HTTPStatusError(RuntimeError):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class OpenAIChatBackend:
+    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, max_tokens: int = 64,
+                 temperature: float = 0.0, seed: int | None = 0, timeout: float = 60.0, max_retries: int = 4,
+                 backoff: float = 0.5, concurrency: int = 8, name: str | None = None):
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.model, self.api_key = model, api_key
+        self.max_tokens, self.temperature, self.seed = int(max_tokens), float(temperature), seed
+        self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
+        self.concurrency = max(1, int(concurrency))
+        self.name = name or model
+        self._session = requests.Session()
+        self.retries_used = 0
+
+    def describe(self) -> dict:
+        return {"kind": "openai", "model": self.name, "max_new_tokens": self.max_tokens,
+                "temperature": self.temperature, "seed": self.seed}
+
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def chat(self, messages: list[dict], max_tokens: int | None = None) -> str:
+        """One chat completion; retries connection errors, timeouts, 429 and 5xx with exponential
+        backoff (honouring Retry-After), fails at once on other 4xx."""
+        import requests
+
+        payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                   "max_tokens": self.max_tokens if max_tokens is None else max_tokens}
+        if self.seed is not None:
+            payload["seed"] = self.seed
+        last_error: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            wait = self.backoff * (2 ** attempt) + random.uniform(0, self.backoff)
+            try:
+                response = self._session.post(f"{self.base_url}/chat/completions", json=payload,
+                                              headers=self._headers(), timeout=self.timeout)
+                if response.status_code == 200:
+                    return response.json()["choices"][0]["message"]["content"] or ""
+                last_error = HTTPStatusError(response.status_code, response.text)
+                if response.status_code not in self.RETRY_STATUS:
+                    raise last_error
+                retry_after = response.headers.get("Retry-After")
+                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                    wait = max(wait, float(retry_after))
+            except (requests.ConnectionError, requests.Timeout) as err:
+                last_error = err
+            if attempt < self.max_retries:
+                self.retries_used += 1
+                time.sleep(wait)
+        raise RuntimeError(f"{self.base_url}: no answer after {self.max_retries + 1} attempts: {last_error}")
+
+    @staticmethod
+    def messages_for(request: Request) -> list[dict]:
+        content: list[dict] = []
+        if request.image_path:
+            content.append({"type": "image_url", "image_url": {"url": image_data_url(request.image_path)}})
+        content.append({"type": "text", "text": request.query})
+        return [{"role": "user", "content": content}]
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[str]:
+        replies: list[str | None] = [None] * len(requests)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="chat")
+        try:
+            futures = {pool.submit(self.chat, self.messages_for(r)): i for i, r in enumerate(requests)}
+            for future in as_completed(futures):
+                index = futures[future]
+                replies[index] = future.result()
+                if on_result:
+                    on_result(index, replies[index])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop what has not started
+        return [r or "" for r in replies]
