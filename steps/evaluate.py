@@ -5,6 +5,7 @@ import pandas as pd
 from zenml import step
 
 from mathllava import plots
+from mathllava.evaluation.benchmarks import get as get_benchmark
 from mathllava.evaluation.mathv import load_mathv
 from mathllava.evaluation.runner import (accuracy, breakdown, frequent_answer_responses, problem_from_row,
                                          score_responses)
@@ -13,21 +14,29 @@ from mathllava.tracking import log_dict, log_figure, log_metrics
 
 
 def _score(name: str, problems: list[dict], responses: list[str], split: str, report: dict, results: dict) -> None:
-    per_pid, scores = score_responses(problems, responses)
-    report[split][name] = {"accuracy": accuracy(scores), "by_task": breakdown(scores, "task"),
-                           "by_skill": breakdown(scores, "skills"), "by_question_type": breakdown(scores, "question_type"),
-                           "scores": scores}
-    results[f"{split}/{name}"] = per_pid
-    log_metrics({f"{split}_{name}_accuracy": accuracy(scores),
-                 **{f"{split}_{name}_task_{k}": v for k, v in breakdown(scores, "task").items()}})
+    """Held-out synthetic problems are judged with the MathVista rules, Math-V with its own."""
+    if split == "mathv":
+        judged = get_benchmark("mathv").judge(problems, responses, model=name)
+        by_task, by_skill = judged.groups["subject"], judged.groups["level"]
+        entry = {"accuracy": judged.accuracy, "by_task": by_task, "by_skill": by_skill, "scores": judged.scores}
+        results[f"{split}/{name}"] = judged.predictions
+    else:
+        per_pid, scores = score_responses(problems, responses)
+        by_task, by_skill = breakdown(scores, "task"), breakdown(scores, "skills")
+        entry = {"accuracy": accuracy(scores), "by_task": by_task, "by_skill": by_skill,
+                 "by_question_type": breakdown(scores, "question_type"), "scores": scores}
+        results[f"{split}/{name}"] = per_pid
+    report[split][name] = entry
+    log_metrics({f"{split}_{name}_accuracy": entry["accuracy"], **{f"{split}_{name}_task_{k}": v for k, v in by_task.items()}})
 
 
 @step
 def evaluate_model(model_dir: Path, curated_dataset: pd.DataFrame, heldout_manifest: pd.DataFrame,
                    evaluate_cfg: dict, model_cfg: dict) -> Tuple[Annotated[dict, "eval_report"],
                                                                  Annotated[dict, "predictions"]]:
-    """MathVista-rule scores for the trained model, the untrained model and the frequent-answer
-    baseline on the held-out synthetic split (and Math-V testmini when present)."""
+    """Scores for the trained model, the untrained model and the frequent-answer baseline on the
+    held-out synthetic split (MathVista rules) and on Math-V testmini when present (Math-V rules,
+    per subject and level)."""
     model, processor = load(model_dir)
     untrained = build_model(processor.tokenizer, TinyModelConfig(**model_cfg))
     train_problems = [problem_from_row(r) for r in curated_dataset.to_dict("records")]
@@ -50,10 +59,10 @@ def evaluate_model(model_dir: Path, curated_dataset: pd.DataFrame, heldout_manif
                                          evaluate_cfg["max_new_tokens"], progress=True)
             _score(name, problems, responses, split, report, results)
         _score("frequent", problems, frequent_answer_responses(train_problems, problems), split, report, results)
-        log_figure(plots.accuracy_bars({n: report[split][n]["by_task"] for n in ("model", "untrained", "frequent")},
-                                       f"{split}: accuracy by task"), f"evaluation/{split}_by_task.png")
-        log_figure(plots.accuracy_bars({n: report[split][n]["by_skill"] for n in ("model", "untrained", "frequent")},
-                                       f"{split}: accuracy by skill"), f"evaluation/{split}_by_skill.png")
+        first, second = ("subject", "level") if split == "mathv" else ("task", "skill")
+        for key, label in (("by_task", first), ("by_skill", second)):
+            log_figure(plots.accuracy_bars({n: report[split][n][key] for n in ("model", "untrained", "frequent")},
+                                           f"{split}: accuracy by {label}"), f"evaluation/{split}_by_{label}.png")
         log_dict(report[split]["model"]["scores"], f"evaluation/{split}_scores.json")
     log_dict(results, "evaluation/predictions.json")
     return report, results

@@ -43,7 +43,7 @@ def _score(args: argparse.Namespace) -> int:
     Path(args.out).write_text(json.dumps(judged.scores, indent=4, ensure_ascii=False), encoding="utf-8")
     if args.updated:
         benchmark.write_predictions(args.updated, judged.predictions)
-    print(f"{args.benchmark}: {judged.accuracy:.2f}%  -> {args.out}")
+    print(f"{args.benchmark}: {benchmarks.headline(judged.scores)}  -> {args.out}")
     return 0
 
 

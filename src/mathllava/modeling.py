@@ -211,9 +211,10 @@ def prompt_text_only(query: str, system: str = SYSTEM_PROMPT) -> str:
 
 
 def generate_replies(model, processor, queries: list[str], images: list, max_new_tokens: int = 12,
-                     temperature: float = 0.0, seed: int | None = 0) -> list[str]:
+                     temperature: float = 0.0, seed: int | None = 0, token_counts: list | None = None) -> list[str]:
     """One batch: left-padded, greedy unless temperature > 0 (then sampled with `seed`). `images`
-    holds PIL images or None (a text-only prompt); mixed batches are split by kind."""
+    holds PIL images or None (a text-only prompt); mixed batches are split by kind. When a list is
+    given as `token_counts`, the number of generated tokens per reply is appended to it."""
     import torch
 
     if len(queries) != len(images):
@@ -243,6 +244,8 @@ def generate_replies(model, processor, queries: list[str], images: list, max_new
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id, **options)
     new = gen[:, enc["input_ids"].shape[1]:]
+    if token_counts is not None:
+        token_counts.extend(int((row != tok.pad_token_id).sum()) for row in new)
     return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 

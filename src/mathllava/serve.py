@@ -105,7 +105,8 @@ def create_app(model_dir: str | Path, model_name: str | None = None, max_tokens_
             return error(404, f"model {body.get('model')!r} is not served here (serving {name!r})")
         try:
             query, image = parse_messages(body.get("messages"))
-            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 64)
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+            max_tokens = 64 if max_tokens is None else int(max_tokens)
             temperature = float(body.get("temperature") or 0.0)
             seed = body.get("seed")
             seed = None if seed is None else int(seed)
@@ -117,16 +118,19 @@ def create_app(model_dir: str | Path, model_name: str | None = None, max_tokens_
             return error(400, f"max_tokens must be in 1..{max_tokens_limit}")
         import anyio
 
+        counts: list[int] = []
         reply = await anyio.to_thread.run_sync(
-            lambda: backend.generate_images([query], [image], max_tokens, temperature, 0 if seed is None else seed)[0])
+            lambda: backend.generate_images([query], [image], max_tokens, temperature, 0 if seed is None else seed,
+                                            counts)[0])
         with lock:
             counter["requests"] += 1
         prompt_tokens = len(backend.processor.tokenizer(query)["input_ids"])
-        completion_tokens = len(backend.processor.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        completion_tokens = counts[0] if counts else 0
+        finish = "length" if completion_tokens >= max_tokens else "stop"
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
             "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }

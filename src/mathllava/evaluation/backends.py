@@ -65,7 +65,8 @@ class TransformersBackend:
         return replies
 
     def generate_images(self, queries: list[str], images: list, max_new_tokens: int | None = None,
-                        temperature: float | None = None, seed: int | None = None) -> list[str]:
+                        temperature: float | None = None, seed: int | None = None,
+                        token_counts: list | None = None) -> list[str]:
         """Generation from in-memory PIL images (the server's path)."""
         from ..modeling import generate_replies
 
@@ -73,7 +74,7 @@ class TransformersBackend:
             return generate_replies(self.model, self.processor, queries, images,
                                     self.max_new_tokens if max_new_tokens is None else max_new_tokens,
                                     self.temperature if temperature is None else temperature,
-                                    self.seed if seed is None else seed)
+                                    self.seed if seed is None else seed, token_counts)
 
 
 def image_data_url(path: str | Path) -> str:

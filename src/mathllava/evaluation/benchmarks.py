@@ -142,6 +142,18 @@ class MMMUBenchmark:
 BENCHMARKS = {b.name: b for b in (MathVistaBenchmark(), MathVBenchmark(), MMMUBenchmark())}
 
 
+def headline(scores: Mapping[str, Any]) -> str:
+    """The overall line in each benchmark's own terms."""
+    if "average" in scores:
+        avg = scores["average"]
+        return f"{avg['correct']}/{avg['total']} = {avg['accuracy']}%"
+    if "-all" in scores:
+        return scores["-all"]
+    if "Overall" in scores:
+        return f"{scores['Overall']['acc']:.3f} of {scores['Overall']['num']}"
+    return "no scores"
+
+
 def get(name: str):
     try:
         return BENCHMARKS[name]
