@@ -17,7 +17,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-fast bootstrap mlflow-stop dashboard clean
+.PHONY: run test test-fast bootstrap eval serve bench mlflow-stop dashboard clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
+
+# Math-V testmini for the model `make run` trained, scored with Math-V's own rules, logged to MLflow.
+MODEL_DIR ?= $(MATHLLAVA_HOME)/training/model
+eval: bootstrap
+	$(PY) -m mathllava.cli eval run --config configs/eval/mathv-local.yaml --model-dir $(MODEL_DIR) \
+		--out $(MATHLLAVA_HOME)/eval/mathv-local --mlflow-uri http://127.0.0.1:$(MLFLOW_PORT)
+
+serve: $(VENV)/.installed
+	$(PY) -m mathllava.cli serve $(MODEL_DIR) --port 8000
+
+bench: $(VENV)/.installed
+	$(PY) bench/generation_throughput.py
 
 mlflow-stop:
 	$(PY) -m mathllava.localserver stop --dir $(MATHLLAVA_HOME)/mlflow
