@@ -210,3 +210,31 @@ def test_results_logged_to_mlflow(model_dir, problems, tmp_path):
     files = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/mathv")}
     assert {"evaluation/mathv/accuracy_by_subject.png", "evaluation/mathv/accuracy_by_level.png",
             "evaluation/mathv/scores.json", "evaluation/mathv/predictions.jsonl"} <= files
+
+
+def test_mathvista_run_from_testmini_json_with_images(model_dir, tmp_path):
+    """MathVista loader (testmini.json + images folder) through the harness: the predictions file
+    has the benchmark's per-pid layout and the scores its breakdowns."""
+    from PIL import Image
+
+    testmini = SHARED / "mathvista-testmini" / "testmini.json"
+    if not testmini.exists():
+        pytest.skip("shared MathVista annotations not present")
+    benchmark = get("mathvista")
+    with pytest.raises(FileNotFoundError, match="images.zip"):
+        benchmark.load(testmini, limit=3)  # the images are not shipped with the annotations
+    pids = list(json.loads(testmini.read_text()))[:6]
+    (tmp_path / "images").mkdir()
+    for pid in pids:  # stand-in pictures at the benchmark's own paths
+        Image.new("RGB", (64, 48), (int(pid) * 30 % 255, 90, 160)).save(tmp_path / "images" / f"{pid}.jpg")
+    problems = benchmark.load(testmini, limit=6, images_dir=tmp_path)
+    assert [p["pid"] for p in problems] == pids and all(p["query"].startswith("Hint:") for p in problems)
+    judged = run_benchmark(benchmark, problems, TransformersBackend(model_dir, max_new_tokens=6), tmp_path / "run",
+                           progress=False)
+    predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
+    assert list(predictions) == pids
+    assert {"query", "response", "extraction", "prediction", "true_false", "answer", "metadata"} <= set(predictions[pids[0]])
+    scores = json.loads((tmp_path / "run" / "scores.json").read_text())
+    assert scores["average"]["total"] == 6 and {"task", "skills", "source"} <= set(scores)
+    assert judged.accuracy == float(scores["average"]["accuracy"])
+    assert sum(judged.extra["extraction_methods"].values()) == 6
