@@ -47,6 +47,8 @@ def test_mathv_model_answer_extraction(response, expected):
     ("3.14159", "3.14", [], True),           # numeric equality to 2 decimals
     ("3.1", "3.14", [], False),
     ("2.499", "2.5", [], True),
+    ("2.50", "2.5", [], True),               # a one-decimal truth: trailing zeros do not matter
+    ("2.46", "2.5", [], False),              # ... but there is no rounding to the truth's precision
     ("(1,2)", "(1, 2)", [], True),           # tuples compared element-wise after evaluation
     ("[1,2]", "[2,1]", [], False),
     ("\\frac{3}{4}", "0.75", [], True),
