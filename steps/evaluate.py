@@ -7,27 +7,27 @@ from zenml import step
 from mathllava import plots
 from mathllava.evaluation.benchmarks import get as get_benchmark
 from mathllava.evaluation.mathv import load_mathv
-from mathllava.evaluation.runner import (accuracy, breakdown, frequent_answer_responses, problem_from_row,
-                                         score_responses)
+from mathllava.evaluation.runner import frequent_answer_responses, problem_from_row
 from mathllava.modeling import TinyModelConfig, build_model, generate_answers, load
 from mathllava.tracking import log_dict, log_figure, log_metrics
 
 
+# the rules each split is judged by: the held-out synthetic data carries MathVista's format
+SPLIT_BENCHMARK = {"heldout": "mathvista", "mathv": "mathv"}
+
+
 def _score(name: str, problems: list[dict], responses: list[str], split: str, report: dict, results: dict) -> None:
-    """Held-out synthetic problems are judged with the MathVista rules, Math-V with its own."""
-    if split == "mathv":
-        judged = get_benchmark("mathv").judge(problems, responses, model=name)
-        by_task, by_skill = judged.groups["subject"], judged.groups["level"]
-        entry = {"accuracy": judged.accuracy, "by_task": by_task, "by_skill": by_skill, "scores": judged.scores}
-        results[f"{split}/{name}"] = judged.predictions
-    else:
-        per_pid, scores = score_responses(problems, responses)
-        by_task, by_skill = breakdown(scores, "task"), breakdown(scores, "skills")
-        entry = {"accuracy": accuracy(scores), "by_task": by_task, "by_skill": by_skill,
-                 "by_question_type": breakdown(scores, "question_type"), "scores": scores}
-        results[f"{split}/{name}"] = per_pid
+    benchmark = get_benchmark(SPLIT_BENCHMARK[split])
+    judged = benchmark.judge(problems, responses, model=name)
+    first, second = benchmark.chart_groups
+    entry = {"accuracy": judged.accuracy, "by_task": judged.groups.get(first, {}),
+             "by_skill": judged.groups.get(second, {}), "scores": judged.scores}
+    if "question_type" in judged.groups:
+        entry["by_question_type"] = judged.groups["question_type"]
     report[split][name] = entry
-    log_metrics({f"{split}_{name}_accuracy": entry["accuracy"], **{f"{split}_{name}_task_{k}": v for k, v in by_task.items()}})
+    results[f"{split}/{name}"] = judged.predictions
+    log_metrics({f"{split}_{name}_accuracy": entry["accuracy"],
+                 **{f"{split}_{name}_task_{k}": v for k, v in entry["by_task"].items()}})
 
 
 @step

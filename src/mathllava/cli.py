@@ -23,6 +23,7 @@ RUN_DEFAULTS = {
     "timeout": 120.0, "retries": 4, "backoff": 0.5, "chunk_size": 32, "llm_extract_endpoint": None,
     "llm_extract_model": None, "mlflow_uri": None, "experiment": "mathllava-evaluation", "run_name": None,
 }
+RUN_KEYS = set(RUN_DEFAULTS) | {"benchmark", "data", "out"}  # everything `eval run` takes
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -53,11 +54,11 @@ def _run_settings(args: argparse.Namespace) -> dict:
         import yaml
 
         loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        unknown = set(loaded) - set(RUN_DEFAULTS) - {"benchmark", "data", "out"}
+        unknown = set(loaded) - RUN_KEYS
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
-        settings.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    settings.update({k: v for k, v in vars(args).items() if v is not None and k in set(RUN_DEFAULTS) | {"benchmark", "data", "out"}})
+        settings.update(loaded)
+    settings.update({k: v for k, v in vars(args).items() if v is not None and k in RUN_KEYS})
     for key in ("benchmark", "data", "out"):
         if not settings.get(key):
             raise ValueError(f"--{key} is required (on the command line or in --config)")

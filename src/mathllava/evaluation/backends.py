@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import random
 import threading
 import time
@@ -49,15 +50,13 @@ class TransformersBackend:
                 "temperature": self.temperature, "seed": self.seed}
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[str]:
-        from ..modeling import generate_replies, load_rgb
+        from ..modeling import load_rgb
 
         replies: list[str] = []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start:start + self.batch_size]
             images = [load_rgb(r.image_path) if r.image_path else None for r in batch]
-            with self._lock:
-                out = generate_replies(self.model, self.processor, [r.query for r in batch], images,
-                                       self.max_new_tokens, self.temperature, self.seed)
+            out = self.generate_images([r.query for r in batch], images)
             for offset, reply in enumerate(out):
                 if on_result:
                     on_result(start + offset, reply)
@@ -67,7 +66,7 @@ class TransformersBackend:
     def generate_images(self, queries: list[str], images: list, max_new_tokens: int | None = None,
                         temperature: float | None = None, seed: int | None = None,
                         token_counts: list | None = None) -> list[str]:
-        """Generation from in-memory PIL images (the server's path)."""
+        """Generation from in-memory PIL images (or None for text-only), one generate() at a time."""
         from ..modeling import generate_replies
 
         with self._lock:
@@ -82,7 +81,7 @@ def image_data_url(path: str | Path) -> str:
     from PIL import Image
 
     data = Path(path).read_bytes()
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         fmt = (img.format or "png").lower()
     return f"data:image/{fmt};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -162,7 +161,8 @@ class OpenAIChatBackend:
         replies: list[str | None] = [None] * len(requests)
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="chat")
         try:
-            futures = {pool.submit(self.chat, self.messages_for(r)): i for i, r in enumerate(requests)}
+            # images are read and encoded in the workers, only for requests about to be sent
+            futures = {pool.submit(lambda r=r: self.chat(self.messages_for(r))): i for i, r in enumerate(requests)}
             for future in as_completed(futures):
                 index = futures[future]
                 replies[index] = future.result()

@@ -61,9 +61,11 @@ def generate_resumable(problems: list[dict], backend, out_dir: str | Path, bench
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run(out_dir, {"benchmark": benchmark, "backend": backend.describe()})
     store = out_dir / "responses.jsonl"
-    if store.exists() and store.stat().st_size and not store.read_bytes().endswith(b"\n"):
-        with store.open("a", encoding="utf-8") as f:  # end a torn line so that appends stay valid
-            f.write("\n")
+    if store.exists() and store.stat().st_size:
+        with store.open("rb+") as f:  # end a torn last line so that appends stay valid
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
     done = read_responses(store)
     pending = [p for p in problems if p["pid"] not in done]
     stats = {"reused": len(problems) - len(pending), "generated": 0, "seconds": 0.0}
@@ -134,6 +136,7 @@ def log_to_mlflow(benchmark, judged: Judged, out_dir: str | Path, prefix: str | 
     import mlflow
 
     from .. import plots
+    from ..tracking import log_figure
 
     prefix = prefix or benchmark.name
     metrics = {metric_name(prefix, "accuracy"): judged.accuracy}
@@ -150,9 +153,6 @@ def log_to_mlflow(benchmark, judged: Judged, out_dir: str | Path, prefix: str | 
     for group in benchmark.chart_groups:
         values = judged.groups.get(group)
         if values:
-            fig = plots.accuracy_bars({"accuracy": values}, f"{prefix}: accuracy by {group}")
-            mlflow.log_figure(fig, f"evaluation/{prefix}/accuracy_by_{group}.png")
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+            log_figure(plots.accuracy_bars({"accuracy": values}, f"{prefix}: accuracy by {group}"),
+                       f"evaluation/{prefix}/accuracy_by_{group}.png")
     return metrics

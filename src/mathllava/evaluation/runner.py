@@ -65,11 +65,3 @@ def frequent_answer_responses(train_problems: list[dict], eval_problems: list[di
     table = frequent_answers(train_problems)
     overall = Counter(table.values()).most_common(1)[0][0] if table else ""
     return [table.get((p["question_type"], p["answer_type"], p.get("precision")), overall) for p in eval_problems]
-
-
-def accuracy(scores: dict) -> float:
-    return float(scores["average"]["accuracy"])
-
-
-def breakdown(scores: dict, key: str) -> dict[str, float]:
-    return {k: float(v["accuracy"]) for k, v in scores.get(key, {}).items()}
