@@ -15,16 +15,18 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
+# DeepSpeed JIT-compiles its CPU ops once (about a minute); keep them with the virtual environment
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-fast bootstrap eval serve bench mlflow-stop dashboard clean
+.PHONY: run test test-fast bootstrap eval serve bench bench-train mlflow-stop dashboard clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,distributed]"
 	touch $@
 
 bootstrap: $(VENV)/.installed
@@ -40,7 +42,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
 
 # Math-V testmini for the model `make run` trained, scored with Math-V's own rules, logged to MLflow.
-MODEL_DIR ?= $(MATHLLAVA_HOME)/training/model
+MODEL_DIR ?= $(MATHLLAVA_HOME)/training/latest/model
 eval: bootstrap
 	$(PY) -m mathllava.cli eval run --config configs/eval/mathv-local.yaml --model-dir $(MODEL_DIR) \
 		--out $(MATHLLAVA_HOME)/eval/mathv-local --mlflow-uri http://127.0.0.1:$(MLFLOW_PORT)
@@ -50,6 +52,10 @@ serve: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/generation_throughput.py
+
+# the project's training path against a bare PyTorch loop of the same model and batch
+bench-train: $(VENV)/.installed
+	$(PY) bench/train_throughput.py
 
 mlflow-stop:
 	$(PY) -m mathllava.localserver stop --dir $(MATHLLAVA_HOME)/mlflow

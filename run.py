@@ -22,10 +22,10 @@ def summary(run) -> dict:
     validation = load("validate_manifest", "validation_report")
     selection = load("select_images", "selection_report")
     curated = load("augment_questions", "curated_dataset")
-    history = load("train_model", "train_history")
+    training = load("train_model", "train_summary")
     evaluation = load("evaluate_model", "eval_report")
     registration = load("register_model", "registration")
-    losses = [h["loss"] for h in history if "loss" in h]
+    losses = [h["loss"] for h in training["history"] if "loss" in h]
     out = {
         "run": run.name,
         "ingested": validation["rows"],
@@ -37,9 +37,12 @@ def summary(run) -> dict:
         "selected_by_level": selection["targets_by_level"],
         "curated": len(curated),
         "augmented_by_type": curated["aug_type"].value_counts().to_dict(),
+        "train_steps": training["global_step"],
+        "train_truncated": training["truncated"],
+        "train_dropped": training["dropped"],
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
-        "heldout_accuracy": {k: evaluation["heldout"][k]["accuracy"] for k in ("model", "untrained", "frequent")},
+        "heldout_accuracy": {k: evaluation["heldout"][k]["accuracy"] for k in ("model", "base", "frequent")},
         "model": f"{registration['model_name']} v{registration['version']}",
         "alias": registration["alias"],
         "gate": registration["gate"],
@@ -47,8 +50,18 @@ def summary(run) -> dict:
         "cached_steps": sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED),
     }
     if "mathv" in evaluation:
-        out["mathv_accuracy"] = {k: evaluation["mathv"][k]["accuracy"] for k in ("model", "untrained", "frequent")}
+        out["mathv_accuracy"] = {k: evaluation["mathv"][k]["accuracy"] for k in ("model", "base", "frequent")}
     return out
+
+
+def check_config(path: str) -> None:
+    """Refuse a config whose model or train section is wrong before any step runs."""
+    from mathllava.train.config import load_sections
+
+    try:
+        load_sections(path)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def print_summary(info: dict) -> None:
@@ -67,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     parser.add_argument("--no-cache", action="store_true")
     args = parser.parse_args(argv)
+    check_config(args.config)
     from pipelines import mathllava_training
 
     options = {"config_path": args.config}

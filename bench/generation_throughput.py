@@ -23,14 +23,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def tiny_model_dir(problems: list[dict], out: Path) -> Path:
-    import yaml
+    from mathllava.train.config import load_sections
+    from mathllava.train.tiny import init_tiny
 
-    from mathllava import modeling
-
-    model_cfg = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())["parameters"]["model"]
-    cfg = modeling.TinyModelConfig(**model_cfg)
-    tokenizer = modeling.train_tokenizer([p["query"] for p in problems], vocab_size=cfg.vocab_size)
-    return modeling.save(modeling.build_model(tokenizer, cfg), modeling.build_processor(tokenizer, cfg), out)
+    model = load_sections(ROOT / "configs" / "local.yaml")[0]
+    return init_tiny(out, model.tiny, [p["query"] for p in problems])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--model-dir")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -55,12 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = Path(args.model_dir) if args.model_dir else tiny_model_dir(problems, Path(tmp) / "tiny-llava")
         rows = []
         for batch_size in (1, 8, 32):
-            backend = TransformersBackend(model_dir, batch_size=batch_size, max_new_tokens=args.max_new_tokens)
+            backend = TransformersBackend(model_dir, batch_size=batch_size, max_new_tokens=args.max_new_tokens,
+                                          device=args.device)
             backend.generate(requests[: min(8, len(requests))])  # warm-up
             start = time.perf_counter()
             backend.generate(requests)
             rows.append(("transformers", f"batch {batch_size}", len(requests) / (time.perf_counter() - start)))
-        with BackgroundServer(model_dir, model_name="tiny") as server:
+        with BackgroundServer(model_dir, model_name="tiny", device=args.device) as server:
             for concurrency in (1, 8):
                 client = OpenAIChatBackend(server.url, "tiny", max_tokens=args.max_new_tokens, concurrency=concurrency)
                 client.generate(requests[:4])

@@ -1,13 +1,13 @@
 from zenml import pipeline
 
-from steps import (augment_questions, evaluate_model, generate_synthetic, ingest_sources, register_model,
-                   select_images, train_model, validate_manifest)
+from steps import (augment_questions, evaluate_model, export_training_data, generate_synthetic, ingest_sources,
+                   register_model, select_images, train_model, validate_manifest)
 
 
 @pipeline(name="mathllava_training")
 def mathllava_training(data: dict, validate: dict, select: dict, augment: dict, model: dict, train: dict,
                        evaluate: dict, register: dict) -> None:
-    """ingest -> validate -> select -> augment -> train -> evaluate -> register."""
+    """ingest -> validate -> select -> augment -> export -> train -> evaluate -> register."""
     train_annotations, heldout_annotations = generate_synthetic(data=data)
     manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)
     heldout_manifest, _ = ingest_sources(annotations=heldout_annotations, data=data, include_extra=False,
@@ -15,7 +15,8 @@ def mathllava_training(data: dict, validate: dict, select: dict, augment: dict, 
     valid, _quarantine, _report = validate_manifest(manifest=manifest, ingest_quarantine=ingest_quarantine, rules=validate)
     selection, _scored, _selection_report = select_images(valid_manifest=valid, select=select)
     curated = augment_questions(selection=selection, augment_cfg=augment)
-    model_dir, _history = train_model(curated_dataset=curated, model_cfg=model, train_cfg=train)
-    eval_report, _predictions = evaluate_model(model_dir=model_dir, curated_dataset=curated,
-                                               heldout_manifest=heldout_manifest, evaluate_cfg=evaluate, model_cfg=model)
+    training_data = export_training_data(curated_dataset=curated)
+    model_dir, base_model, _summary = train_model(training_data=training_data, model_cfg=model, train_cfg=train)
+    eval_report, _predictions = evaluate_model(model_dir=model_dir, base_model=base_model, curated_dataset=curated,
+                                               heldout_manifest=heldout_manifest, evaluate_cfg=evaluate)
     register_model(model_dir=model_dir, curated_dataset=curated, eval_report=eval_report, register_cfg=register)

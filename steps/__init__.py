@@ -5,8 +5,8 @@ from .data import generate_synthetic, ingest_sources
 from .evaluate import evaluate_model
 from .register import register_model
 from .select import select_images
-from .train import train_model
+from .train import export_training_data, train_model
 from .validate import validate_manifest
 
-__all__ = ["augment_questions", "generate_synthetic", "ingest_sources", "evaluate_model", "register_model",
-           "select_images", "train_model", "validate_manifest"]
+__all__ = ["augment_questions", "generate_synthetic", "ingest_sources", "evaluate_model", "export_training_data",
+           "register_model", "select_images", "train_model", "validate_manifest"]

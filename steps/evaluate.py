@@ -5,15 +5,15 @@ import pandas as pd
 from zenml import step
 
 from mathllava import plots
+from mathllava.evaluation.backends import Request, TransformersBackend
 from mathllava.evaluation.benchmarks import get as get_benchmark
 from mathllava.evaluation.mathv import load_mathv
 from mathllava.evaluation.runner import frequent_answer_responses, problem_from_row
-from mathllava.modeling import TinyModelConfig, build_model, generate_answers, load
 from mathllava.tracking import log_dict, log_figure, log_metrics
-
 
 # the rules each split is judged by: the held-out synthetic data carries MathVista's format
 SPLIT_BENCHMARK = {"heldout": "mathvista", "mathv": "mathv"}
+CONTENDERS = ("model", "base", "frequent")
 
 
 def _score(name: str, problems: list[dict], responses: list[str], split: str, report: dict, results: dict) -> None:
@@ -31,37 +31,39 @@ def _score(name: str, problems: list[dict], responses: list[str], split: str, re
 
 
 @step
-def evaluate_model(model_dir: Path, curated_dataset: pd.DataFrame, heldout_manifest: pd.DataFrame,
-                   evaluate_cfg: dict, model_cfg: dict) -> Tuple[Annotated[dict, "eval_report"],
-                                                                 Annotated[dict, "predictions"]]:
-    """Scores for the trained model, the untrained model and the frequent-answer baseline on the
-    held-out synthetic split (MathVista rules) and on Math-V testmini when present (Math-V rules,
-    per subject and level)."""
-    model, processor = load(model_dir)
-    untrained = build_model(processor.tokenizer, TinyModelConfig(**model_cfg))
-    train_problems = [problem_from_row(r) for r in curated_dataset.to_dict("records")]
+def evaluate_model(model_dir: Path, base_model: str, curated_dataset: pd.DataFrame, heldout_manifest: pd.DataFrame,
+                   evaluate_cfg: dict) -> Tuple[Annotated[dict, "eval_report"], Annotated[dict, "predictions"]]:
+    """Scores for the fine-tuned model, the base it started from and the frequent-answer baseline,
+    through the one generation path, on the held-out synthetic split (MathVista rules) and on
+    Math-V testmini when present (Math-V rules, per subject and level)."""
+    import gc
 
+    train_problems = [problem_from_row(r) for r in curated_dataset.to_dict("records")]
     seen = set(curated_dataset["image_sha256"].dropna())
     heldout = heldout_manifest[~heldout_manifest["image_sha256"].isin(seen)]
-    splits = {"heldout": ([problem_from_row(r) for r in heldout.to_dict("records")], heldout["image_path"].tolist())}
+    splits = {"heldout": [problem_from_row(r) | {"image_path": r["image_path"]} for r in heldout.to_dict("records")]}
     math_v_dir = Path(evaluate_cfg.get("math_v_dir") or "")
     if evaluate_cfg.get("math_v_dir") and (math_v_dir / "images").is_dir():
-        mv = load_mathv(math_v_dir, evaluate_cfg.get("math_v_limit"))
-        splits["mathv"] = (mv, [p["image_path"] for p in mv])
+        splits["mathv"] = load_mathv(math_v_dir, evaluate_cfg.get("math_v_limit"))
 
-    report: dict = {"heldout_overlap_removed": int(len(heldout_manifest) - len(heldout))}
+    report: dict = {"heldout_overlap_removed": int(len(heldout_manifest) - len(heldout)),
+                    **{split: {"problems": len(problems)} for split, problems in splits.items()}}
     results: dict = {}
-    for split, (problems, paths) in splits.items():
-        report[split] = {"problems": len(problems)}
-        queries = [p["query"] for p in problems]
-        for name, net in (("model", model), ("untrained", untrained)):
-            responses = generate_answers(net, processor, queries, paths, evaluate_cfg["batch_size"],
-                                         evaluate_cfg["max_new_tokens"], progress=True)
+    for name, directory in (("model", model_dir), ("base", base_model)):  # one model in memory at a time
+        backend = TransformersBackend(directory, batch_size=evaluate_cfg["batch_size"],
+                                      max_new_tokens=evaluate_cfg["max_new_tokens"],
+                                      device=evaluate_cfg.get("device", "auto"))
+        for split, problems in splits.items():
+            responses = backend.generate([Request(p["query"], p["image_path"]) for p in problems],
+                                         progress=f"{split} {name}")
             _score(name, problems, responses, split, report, results)
+        del backend
+        gc.collect()
+    for split, problems in splits.items():
         _score("frequent", problems, frequent_answer_responses(train_problems, problems), split, report, results)
         first, second = ("subject", "level") if split == "mathv" else ("task", "skill")
         for key, label in (("by_task", first), ("by_skill", second)):
-            log_figure(plots.accuracy_bars({n: report[split][n][key] for n in ("model", "untrained", "frequent")},
+            log_figure(plots.accuracy_bars({n: report[split][n][key] for n in CONTENDERS},
                                            f"{split}: accuracy by {label}"), f"evaluation/{split}_by_{label}.png")
         log_dict(report[split]["model"]["scores"], f"evaluation/{split}_scores.json")
     log_dict(results, "evaluation/predictions.json")

@@ -33,12 +33,12 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
                                       name=f"mathllava-curated-{digest}", targets="answer", digest=digest)
     mlflow.log_input(dataset, context="training")
     held = eval_report["heldout"]
-    result = gate(held["model"]["accuracy"], held["frequent"]["accuracy"], held["untrained"]["accuracy"],
+    result = gate(held["model"]["accuracy"], held["frequent"]["accuracy"], held["base"]["accuracy"],
                   **register_cfg.get("gate", {}))
     tags = {"zenml_run_id": str(get_step_context().pipeline_run.id), "zenml_run_name": get_step_context().pipeline_run.name,
             "dataset_digest": digest, "git_commit": _git_commit(), "heldout_accuracy": held["model"]["accuracy"],
             "heldout_frequent_accuracy": held["frequent"]["accuracy"],
-            "heldout_untrained_accuracy": held["untrained"]["accuracy"], "gate_passed": result.passed}
+            "heldout_base_accuracy": held["base"]["accuracy"], "gate_passed": result.passed}
     if "mathv" in eval_report:
         tags["mathv_accuracy"] = eval_report["mathv"]["model"]["accuracy"]
     name = register_cfg["model_name"]

@@ -2,47 +2,51 @@ from pathlib import Path
 from typing import Annotated, Tuple
 
 import pandas as pd
-from zenml import ArtifactConfig, step
+from zenml import ArtifactConfig, get_step_context, step
 from zenml.enums import ArtifactType
 
-from mathllava import plots
-from mathllava.evaluation.runner import problem_from_row
-from mathllava.formats import target_text
-from mathllava.modeling import (ConversationDataset, TinyModelConfig, TrainConfig, build_model, build_processor,
-                                freeze_vision_tower, save, train, train_tokenizer)
-from mathllava.tracking import log_figure, log_metrics, log_params
+from mathllava.formats import export_llava
+from mathllava.tracking import log_params
+from mathllava.train.config import ModelSettings, TrainSettings
+from mathllava.train.launch import train
+from mathllava.train.tiny import init_tiny
 
 from ._state import state_dir
 
 
 @step
-def train_model(curated_dataset: pd.DataFrame, model_cfg: dict, train_cfg: dict) -> Tuple[
-    Annotated[Path, ArtifactConfig(name="model_dir", artifact_type=ArtifactType.MODEL)],
-    Annotated[list, "train_history"],
+def export_training_data(curated_dataset: pd.DataFrame) -> Annotated[
+    Path, ArtifactConfig(name="training_data", artifact_type=ArtifactType.DATA)
 ]:
-    """Fine-tune a tiny LLaVA (vision tower frozen, loss on answer tokens) with the HF Trainer."""
-    import torch
+    """The curated dataset in the MathV360K layout (conversations.json + images/), the input of
+    `mathllava train` here and on a cluster."""
+    out = state_dir() / "exports" / get_step_context().pipeline_run.name
+    export_llava(curated_dataset.to_dict("records"), out)
+    return out
 
-    torch.manual_seed(train_cfg.get("seed", 0))
-    problems = [problem_from_row(r) for r in curated_dataset.to_dict("records")]
-    queries = [p["query"] for p in problems]
-    targets = [target_text(p["answer"], p["question_type"], p["choices"]) for p in problems]
-    mcfg = TinyModelConfig(**model_cfg)
-    tokenizer = train_tokenizer(queries + targets, mcfg.vocab_size)
-    processor = build_processor(tokenizer, mcfg)
-    model = build_model(tokenizer, mcfg)
-    trainable = freeze_vision_tower(model)
-    log_params({"model": model_cfg, "train": train_cfg})
-    log_metrics({"trainable_parameters": trainable,
-                 "total_parameters": sum(p.numel() for p in model.parameters()), "train_rows": len(problems)})
-    dataset = ConversationDataset(processor, queries, targets, curated_dataset["image_path"].tolist())
-    work = state_dir() / "training"
 
-    def on_log(step_no: int, logs: dict) -> None:
-        log_metrics({k: v for k, v in logs.items() if isinstance(v, (int, float))}, prefix="train_", step=step_no)
+@step
+def train_model(training_data: Path, model_cfg: dict, train_cfg: dict) -> Tuple[
+    Annotated[Path, ArtifactConfig(name="model_dir", artifact_type=ArtifactType.MODEL)],
+    Annotated[str, "base_model"],
+    Annotated[dict, "train_summary"],
+]:
+    """Fine-tune `model.base` (or the built-in tiny model, built here) with `mathllava train`'s code."""
+    model, settings = ModelSettings(**model_cfg), TrainSettings(**train_cfg)
+    log_params({"model": model.model_dump(), "train": settings.model_dump()})
+    out = state_dir() / "training" / "runs" / get_step_context().pipeline_run.name
+    data = training_data / "conversations.json"
+    base = model.base
+    if base is None:  # the embedded default: a tiny base whose tokenizer knows the curated text
+        import json
 
-    history = train(model, processor, dataset, TrainConfig(**train_cfg), work, on_log=on_log)
-    history = [{**h} for h in history]
-    log_figure(plots.loss_curve(history), "training/loss_curve.png")
-    out = save(model, processor, work / "model")
-    return out, history
+        records = json.loads(data.read_text(encoding="utf-8"))
+        texts = [turn["value"] for record in records for turn in record["conversations"]]
+        base = str(init_tiny(out.parent / f"{out.name}-base", model.tiny, texts))
+    if settings.cache_dir is None:
+        settings = settings.model_copy(update={"cache_dir": str(state_dir() / "cache" / "encoded")})
+    result = train(base, data, training_data / "images", out, settings)
+    latest = state_dir() / "training" / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(out, target_is_directory=True)
+    return result.model_dir, base, result.summary

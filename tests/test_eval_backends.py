@@ -18,15 +18,13 @@ pytestmark = pytest.mark.skipif(not MATHV_DIR.exists(), reason="shared Math-V te
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from mathllava import modeling
+    from mathllava.train.tiny import TinyModelConfig, init_tiny
 
     problems = get("mathv").load(MATHV_DIR)
-    tokenizer = modeling.train_tokenizer([p["query"] for p in problems] + ["A B C D E 0 1 2 3"], vocab_size=400)
-    cfg = modeling.TinyModelConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=48,
-                                   text_layers=1, text_intermediate=96, vocab_size=400, seed=1)
-    out = tmp_path_factory.mktemp("tiny-model") / "tiny-llava"
-    modeling.save(modeling.build_model(tokenizer, cfg), modeling.build_processor(tokenizer, cfg), out)
-    return out
+    cfg = TinyModelConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=48,
+                          text_layers=1, text_intermediate=96, vocab_size=400, seed=1)
+    return init_tiny(tmp_path_factory.mktemp("tiny-model") / "tiny-llava", cfg,
+                     [p["query"] for p in problems] + ["A B C D E 0 1 2 3"])
 
 
 @pytest.fixture(scope="module")

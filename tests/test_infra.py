@@ -47,16 +47,23 @@ def test_deployment_requests_a_gpu_and_serves_the_template():
 def test_chat_template_matches_the_local_prompt():
     import jinja2
 
-    from mathllava.modeling import prompt_text, prompt_text_only
+    from mathllava.conversation import prompt, render
+    from mathllava.train.tiny import TinyModelConfig, build_processor, train_tokenizer
+
+    processor = build_processor(train_tokenizer(["How many?"], 300), TinyModelConfig())
 
     config_map = next(doc for name, doc in _documents() if name == "chat-template.yaml")
     template = jinja2.Environment().from_string(config_map["data"]["llava-vicuna.jinja"])
     query = "Hint: Please answer the question.\nQuestion: How many?"
     with_image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}},
                                                {"type": "text", "text": query}]}]
-    assert template.render(messages=with_image, add_generation_prompt=True) == prompt_text(query)
+    assert template.render(messages=with_image, add_generation_prompt=True) == prompt(processor, query)
     text_only = [{"role": "user", "content": query}]
-    assert template.render(messages=text_only, add_generation_prompt=True) == prompt_text_only(query)
+    assert template.render(messages=text_only, add_generation_prompt=True) == prompt(processor, query, False)
+    conversation = [*with_image, {"role": "assistant", "content": "12"}, {"role": "user", "content": "And then?"},
+                    {"role": "assistant", "content": "B"}]
+    assert template.render(messages=conversation) == render(processor, conversation, add_generation_prompt=False)
+    assert render(processor, conversation, False).endswith("ASSISTANT: 12</s>USER: And then? ASSISTANT: B</s>")
 
 
 def test_eval_job_config_is_accepted_by_the_cli(tmp_path):

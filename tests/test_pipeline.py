@@ -46,7 +46,7 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
     if mv.tags["gate_passed"] == "True":
         assert client.get_model_version_by_alias(name, "challenger").version == version
     run = client.get_run(mv.run_id)
-    for metric in ("heldout_model_accuracy", "heldout_frequent_accuracy", "heldout_untrained_accuracy",
+    for metric in ("heldout_model_accuracy", "heldout_frequent_accuracy", "heldout_base_accuracy",
                    "validation_failure_rate", "selected", "curated_rows"):
         assert metric in run.data.metrics, metric
     assert any(k.startswith("train.") for k in run.data.params)

@@ -5,7 +5,10 @@
     mathllava eval score --benchmark mmmu PREDICTIONS.json --answers answer_dict_val.json --out SCORES.json
     mathllava eval run --benchmark mathv --data ../shared/data/math-v-testmini --model-dir MODEL --out DIR
     mathllava eval run --benchmark mathv --data ... --endpoint http://127.0.0.1:8000/v1 --model NAME --out DIR
-    mathllava serve MODEL_DIR [--port 8000]
+    mathllava serve MODEL_DIR [--port 8000] [--device auto|cpu|cuda]
+    mathllava model init-tiny DIR [--data FILE] [--config FILE]
+    mathllava train --base DIR --data FILE --image-root DIR --out DIR [--mode full|lora] [--deepspeed FILE]
+                    [--epochs N] [--max-steps N] [--resume] [--config FILE] [--device auto|cpu|cuda]
 
 `eval run` settings may also come from a YAML file (--config); flags given on the command line win.
 """
@@ -22,6 +25,7 @@ RUN_DEFAULTS = {
     "endpoint": None, "model": None, "model_dir": None, "api_key_env": "OPENAI_API_KEY", "concurrency": 8,
     "timeout": 120.0, "retries": 4, "backoff": 0.5, "chunk_size": 32, "llm_extract_endpoint": None,
     "llm_extract_model": None, "mlflow_uri": None, "experiment": "mathllava-evaluation", "run_name": None,
+    "device": "auto",
 }
 RUN_KEYS = set(RUN_DEFAULTS) | {"benchmark", "data", "out"}  # everything `eval run` takes
 
@@ -80,7 +84,7 @@ def make_backend(s: dict):
                                  timeout=s["timeout"], max_retries=s["retries"], backoff=s["backoff"],
                                  concurrency=s["concurrency"])
     return TransformersBackend(s["model_dir"], batch_size=s["batch_size"], max_new_tokens=s["max_new_tokens"],
-                               temperature=s["temperature"], seed=s["seed"])
+                               temperature=s["temperature"], seed=s["seed"], device=s["device"])
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -144,11 +148,38 @@ def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     try:
-        serve(args.model_dir, host=args.host, port=args.port, model_name=args.name)
-    except FileNotFoundError as err:
+        serve(args.model_dir, host=args.host, port=args.port, model_name=args.name, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _init_tiny(args: argparse.Namespace) -> int:
+    from .train.config import ModelSettings, load_sections
+    from .train.data import DataError, read_conversations
+    from .train.tiny import init_tiny
+
+    try:
+        model = load_sections(args.config)[0] if args.config else ModelSettings()
+        texts = [turn["value"] for record in read_conversations(args.data) for turn in record["conversations"]] \
+            if args.data else []
+    except (ValueError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.dir)
+    if (out / "config.json").exists() and not args.force:
+        print(f"error: {out} already holds a model (use --force to overwrite)", file=sys.stderr)
+        return 2
+    init_tiny(out, model.tiny, texts)
+    print(f"tiny llava-hf checkpoint written to {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train.cli import run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--mlflow-uri", help="log metrics, files and charts to this MLflow tracking server")
     run.add_argument("--experiment")
     run.add_argument("--run-name")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="local backend: where the model runs")
     run.set_defaults(func=_run)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible chat-completions server for a model directory")
@@ -199,7 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--name", help="model name to serve under (default: the directory name)")
+    srv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     srv.set_defaults(func=_serve)
+
+    model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="action", required=True)
+    tiny = model.add_parser("init-tiny", help="write the built-in tiny model as a llava-hf checkpoint")
+    tiny.add_argument("dir")
+    tiny.add_argument("--data", help="LLaVA conversation JSON/JSONL whose text the tokenizer is trained on")
+    tiny.add_argument("--config", help="YAML whose model.tiny section sets the shape")
+    tiny.add_argument("--force", action="store_true", help="overwrite an existing model directory")
+    tiny.set_defaults(func=_init_tiny)
+
+    from .train.cli import add_arguments
+
+    train = add_arguments(sub.add_parser("train", help="fine-tune a llava-hf base (see python -m mathllava.train)"))
+    train.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+from .conversation import IMAGE_TOKEN
 from .evaluation.mathvista import build_query
 
-IMAGE_TOKEN = "<image>"
 TASK_NAMES = {
     "FQA": "figure question answering",
     "GPS": "geometry problem solving",
@@ -118,3 +119,51 @@ def infer_answer_type(answer: str, choices: list[str] | None) -> tuple[str, str,
     if re.fullmatch(r"\[.*\]", answer):
         return "free_form", "list", None
     return "free_form", "text", None
+
+
+def llava_record(row: dict, image: str) -> dict:
+    """A curated manifest row as a LLaVA conversation record (the MathV360K format): the human turn
+    is the MathVista-style query after the image marker, the gpt turn the answer as the benchmark's
+    quick extraction reads it (`target_text`)."""
+    from .evaluation.runner import problem_from_row
+
+    problem = problem_from_row(row)
+    meta = {k: (row[k].item() if hasattr(row[k], "item") else row[k])  # numpy scalars -> JSON numbers
+            for k in ("source", "task", "task_type", "aug_type", "parent_id", "complexity")
+            if row.get(k) is not None and row.get(k) == row.get(k)}  # NaN != NaN: missing
+    meta.update({"question": problem["question"], "answer": problem["answer"], "choices": problem["choices"],
+                 "question_type": problem["question_type"], "answer_type": problem["answer_type"],
+                 "precision": problem["precision"], "unit": problem["unit"]})
+    return {"id": problem["pid"], "image": image, "conversations": [
+        {"from": "human", "value": f"{IMAGE_TOKEN}\n{problem['query']}"},
+        {"from": "gpt", "value": target_text(problem["answer"], problem["question_type"], problem["choices"])},
+    ], "metadata": meta}
+
+
+def export_llava(rows: list[dict], out_dir: str | Path) -> Path:
+    """Write `<out_dir>/conversations.json` and `<out_dir>/images/<sha256[:2]>/<sha256><ext>` (each
+    distinct image once, hard-linked when the file system allows, else copied): a self-contained
+    training set in the MathV360K layout. Returns the JSON path."""
+    import json
+    import os
+    import shutil
+
+    out = Path(out_dir)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for row in rows:
+        source = Path(row["image_path"])
+        digest = row.get("image_sha256") or source.name
+        rel = f"{digest[:2]}/{digest}{source.suffix.lower()}"
+        target = images / rel
+        if not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+        records.append(llava_record(row, rel))
+    path = out / "conversations.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path

@@ -11,18 +11,19 @@ class GateResult:
     reasons: list[str]
 
 
-def gate(model_accuracy: float, frequent_accuracy: float, untrained_accuracy: float,
-         min_margin_over_frequent: float = 0.0, min_margin_over_untrained: float = 0.0) -> GateResult:
+def gate(model_accuracy: float, frequent_accuracy: float, base_accuracy: float,
+         min_margin_over_frequent: float = 0.0, min_margin_over_base: float = 0.0) -> GateResult:
     """The challenger gate: the trained model must beat the frequent-answer baseline and the
-    untrained model on the same held-out split by the configured margins (accuracy points)."""
+    base model it was fine-tuned from on the same held-out split by the configured margins
+    (accuracy points)."""
     reasons = []
     ok_freq = model_accuracy > frequent_accuracy + min_margin_over_frequent
-    ok_untr = model_accuracy > untrained_accuracy + min_margin_over_untrained
+    ok_base = model_accuracy > base_accuracy + min_margin_over_base
     reasons.append(f"model {model_accuracy:.2f} {'>' if ok_freq else '<='} frequent-answer "
                    f"{frequent_accuracy:.2f} + {min_margin_over_frequent:.2f}")
-    reasons.append(f"model {model_accuracy:.2f} {'>' if ok_untr else '<='} untrained "
-                   f"{untrained_accuracy:.2f} + {min_margin_over_untrained:.2f}")
-    return GateResult(ok_freq and ok_untr, reasons)
+    reasons.append(f"model {model_accuracy:.2f} {'>' if ok_base else '<='} base "
+                   f"{base_accuracy:.2f} + {min_margin_over_base:.2f}")
+    return GateResult(ok_freq and ok_base, reasons)
 
 
 def register_model_dir(model_dir: str, name: str, tags: dict[str, str], description: str = "",

@@ -69,13 +69,14 @@ def parse_messages(messages: list[dict]) -> tuple[str, Any]:
     return "\n".join(texts), (images[0] if images else None)
 
 
-def create_app(model_dir: str | Path, model_name: str | None = None, max_tokens_limit: int = 1024):
+def create_app(model_dir: str | Path, model_name: str | None = None, max_tokens_limit: int = 1024,
+               device: str = "auto"):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     from .evaluation.backends import TransformersBackend
 
-    backend = TransformersBackend(model_dir, batch_size=1)
+    backend = TransformersBackend(model_dir, batch_size=1, device=device)
     name = model_name or Path(model_dir).name
     app = FastAPI(title="mathllava serve")
     counter = {"requests": 0}
@@ -141,7 +142,8 @@ def create_app(model_dir: str | Path, model_name: str | None = None, max_tokens_
 class BackgroundServer:
     """Runs the app with uvicorn in a thread (tests, benchmarks); `url` is the /v1 base URL."""
 
-    def __init__(self, model_dir: str | Path, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None):
+    def __init__(self, model_dir: str | Path, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
+                 device: str = "auto"):
         import socket
 
         import uvicorn
@@ -151,7 +153,8 @@ class BackgroundServer:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.host, self.port = host, port
-        config = uvicorn.Config(create_app(model_dir, model_name), host=host, port=port, log_level="warning")
+        config = uvicorn.Config(create_app(model_dir, model_name, device=device), host=host, port=port,
+                                log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -173,10 +176,11 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None) -> None:
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
+          device: str = "auto") -> None:
     import uvicorn
 
     if not (Path(model_dir) / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
     print(f"serving {model_name or Path(model_dir).name} at http://{host}:{port}/v1 (OpenAI chat completions)")
-    uvicorn.run(create_app(model_dir, model_name), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model_dir, model_name, device=device), host=host, port=port, log_level="info")

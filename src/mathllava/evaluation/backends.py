@@ -31,14 +31,19 @@ class Request:
 
 
 class TransformersBackend:
+    """The one local generation path (the pipeline's evaluate step, `mathllava eval run` and
+    `mathllava serve` all go through it): the model's own chat template, left padding, inputs moved
+    to the model's device and dtype, greedy unless a temperature is given (then seeded sampling)."""
+
     def __init__(self, model_dir: str | Path | None = None, *, model=None, processor=None, batch_size: int = 8,
-                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, name: str | None = None):
-        from ..modeling import load
+                 max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0, name: str | None = None,
+                 device: str = "auto", dtype=None):
+        from ..llava import load
 
         if model is None:
             if model_dir is None:
                 raise ValueError("TransformersBackend needs a model_dir or a loaded model and processor")
-            model, processor = load(model_dir)
+            model, processor = load(model_dir, device, dtype)
         self.model, self.processor = model, processor
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.temperature, self.seed = float(temperature), int(seed)
@@ -49,10 +54,13 @@ class TransformersBackend:
         return {"kind": "transformers", "model": self.name, "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "seed": self.seed}
 
-    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[str]:
-        from ..modeling import load_rgb
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
+                 progress: str | None = None) -> list[str]:
+        """Replies in request order; `progress` names a progress bar (none when None)."""
+        from tqdm import tqdm
 
         replies: list[str] = []
+        bar = tqdm(total=len(requests), desc=progress, unit="problem", disable=progress is None, dynamic_ncols=True)
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start:start + self.batch_size]
             images = [load_rgb(r.image_path) if r.image_path else None for r in batch]
@@ -61,19 +69,71 @@ class TransformersBackend:
                 if on_result:
                     on_result(start + offset, reply)
             replies.extend(out)
+            bar.update(len(batch))
+        bar.close()
         return replies
 
     def generate_images(self, queries: list[str], images: list, max_new_tokens: int | None = None,
                         temperature: float | None = None, seed: int | None = None,
                         token_counts: list | None = None) -> list[str]:
-        """Generation from in-memory PIL images (or None for text-only), one generate() at a time."""
-        from ..modeling import generate_replies
-
+        """Generation from in-memory PIL images (or None for text-only), one generate() at a time.
+        Mixed batches are split by kind. With a `token_counts` list, the number of generated tokens
+        per reply is appended to it."""
+        if len(queries) != len(images):
+            raise ValueError("one image (or None) per query")
+        max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = self.temperature if temperature is None else temperature
+        seed = self.seed if seed is None else seed
+        with_image = [i for i, im in enumerate(images) if im is not None]
+        without = [i for i, im in enumerate(images) if im is None]
+        out = [""] * len(queries)
+        counts = [0] * len(queries)
         with self._lock:
-            return generate_replies(self.model, self.processor, queries, images,
-                                    self.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                                    self.temperature if temperature is None else temperature,
-                                    self.seed if seed is None else seed, token_counts)
+            for group, has_image in ((with_image, True), (without, False)):
+                if not group:
+                    continue
+                group_counts: list[int] = []
+                replies = self._generate([queries[i] for i in group], [images[i] for i in group] if has_image
+                                         else None, max_new_tokens, temperature, seed, group_counts)
+                for i, reply, n in zip(group, replies, group_counts):
+                    out[i], counts[i] = reply, n
+        if token_counts is not None:
+            token_counts.extend(counts)
+        return out
+
+    def _generate(self, queries: list[str], images: list | None, max_new_tokens: int, temperature: float,
+                  seed: int | None, token_counts: list) -> list[str]:
+        import torch
+
+        from ..conversation import prompt
+
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"
+        prompts = [prompt(self.processor, q, with_image=images is not None) for q in queries]
+        if images is not None:
+            enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        else:
+            enc = tok(prompts, return_tensors="pt", padding=True)
+        device = self.model.device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+        if seed is not None:
+            torch.manual_seed(seed)
+        options = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                                            eos_token_id=tok.eos_token_id, **options)
+        new = generated[:, enc["input_ids"].shape[1]:].cpu()
+        token_counts.extend(int((row != tok.pad_token_id).sum()) for row in new)
+        return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def load_rgb(path: str | Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
 
 
 def image_data_url(path: str | Path) -> str:

@@ -1,0 +1,162 @@
+"""Training data: LLaVA conversation files (the MathV360K format) in, tokens and pixels out.
+
+    [{"id": ..., "image": "<path under the image root>", "conversations":
+        [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}, ...]
+
+Each record is rendered with the base model's chat template (`mathllava.conversation`) and
+tokenized once; the loss is taken on the assistant turns only (every other label is IGNORE_INDEX).
+A conversation longer than `max_length` loses its last turns whole, so an answer is never cut: a
+record whose first answer does not fit is dropped. Both are counted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..conversation import IGNORE_INDEX, TemplateError, conversation_text, turns_from_llava
+
+
+class DataError(ValueError):
+    """A training file that cannot be used; the message names the file and the line or record."""
+
+
+def read_conversations(path: str | Path) -> list[dict]:
+    """Records of a LLaVA JSON list or JSONL file, each checked for `conversations` and an
+    optional string `image`. Errors name the file and the line (JSONL) or record index (JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such training file")
+    text = path.read_text(encoding="utf-8-sig")
+    records: list[tuple[str, Any]] = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append((f"line {number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: line {number} is not valid JSON: {err.msg}") from err
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from err
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of LLaVA records, found {type(data).__name__}")
+        records = [(f"record {i}", r) for i, r in enumerate(data)]
+    if not records:
+        raise DataError(f"{path}: no records")
+    out = []
+    for where, record in records:
+        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+            raise DataError(f"{path}: {where} has no 'conversations' list")
+        if record.get("image") is not None and not isinstance(record["image"], str):
+            raise DataError(f"{path}: {where}: 'image' must be a path string")
+        try:
+            turns_from_llava(record["conversations"])
+        except TemplateError as err:
+            raise DataError(f"{path}: {where}: {err}") from err
+        out.append(record)
+    return out
+
+
+@dataclass
+class EncodedRecord:
+    input_ids: list[int]
+    labels: list[int]
+    status: str  # "ok", "truncated" (later turns dropped whole) or "dropped" (the first answer does not fit)
+    turns_kept: int = 0
+
+
+def encode_conversation(processor, conversations: list[dict], with_image: bool, image_tokens: int,
+                        max_length: int) -> EncodedRecord:
+    """Token ids and labels for one record: the image placeholder expanded to `image_tokens` ids,
+    labels on the assistant turns (each closed by end-of-sequence), cut at a turn boundary."""
+    tok = processor.tokenizer
+    turns = turns_from_llava(conversations)
+    text, spans = conversation_text(processor, turns, with_image)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
+    offsets = enc["offset_mapping"]
+    span_of = [-1] * len(offsets)  # which assistant turn each token belongs to (-1: none)
+    k = 0
+    for t, (start, end) in enumerate(offsets):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        if k < len(spans) and end > start and end > spans[k][0]:
+            span_of[t] = k
+    last_token = {turn: t for t, turn in enumerate(span_of) if turn >= 0}
+    if len(last_token) != len(spans):
+        missing = min(set(range(len(spans))) - set(last_token))
+        raise TemplateError(f"assistant turn {missing} has no tokens")
+    image_id = processor.image_token_id if with_image else None
+    ids: list[int] = []
+    labels: list[int] = []
+    turn_ends: list[int] = []  # sequence length after each assistant turn
+    for t, token_id in enumerate(enc["input_ids"]):
+        if token_id == image_id:
+            ids.extend([image_id] * image_tokens)
+            labels.extend([IGNORE_INDEX] * image_tokens)
+            continue
+        ids.append(token_id)
+        labels.append(token_id if span_of[t] >= 0 else IGNORE_INDEX)
+        if span_of[t] >= 0 and last_token[span_of[t]] == t:
+            if token_id != tok.eos_token_id:  # every answer ends with end-of-sequence, as in LLaVA
+                ids.append(tok.eos_token_id)
+                labels.append(tok.eos_token_id)
+            turn_ends.append(len(ids))
+    if len(ids) <= max_length:
+        return EncodedRecord(ids, labels, "ok", len(turns))
+    fitting = [end for end in turn_ends if end <= max_length]
+    if not fitting:
+        return EncodedRecord([], [], "dropped", 0)
+    cut = fitting[-1]
+    return EncodedRecord(ids[:cut], labels[:cut], "truncated", len(fitting))
+
+
+def raw_pixels(processor, image) -> Any:
+    """The processor's resize and crop of one image, before rescaling and normalisation (uint8 when
+    the processor works on 8-bit images, as the PIL backend does), so it can be stored compactly;
+    `normalize_pixels` finishes the processor's work."""
+    import numpy as np
+
+    out = processor.image_processor(images=image, do_rescale=False, do_normalize=False,
+                                    return_tensors="np")["pixel_values"][0]
+    if np.array_equal(out, np.round(out)) and out.min() >= 0 and out.max() <= 255:
+        return out.astype(np.uint8)
+    return out.astype(np.float16)
+
+
+def pixel_normalizer(processor) -> dict:
+    ip = processor.image_processor
+    return {"scale": float(ip.rescale_factor) if ip.do_rescale else 1.0,
+            "mean": [float(v) for v in ip.image_mean] if ip.do_normalize else [0.0, 0.0, 0.0],
+            "std": [float(v) for v in ip.image_std] if ip.do_normalize else [1.0, 1.0, 1.0]}
+
+
+def normalize_pixels(pixels, normalizer: dict, dtype=None):
+    """float pixel values from stored raw pixels (a torch tensor, any device), exactly as the
+    processor computes them: rescale, then subtract the mean and divide by the std per channel."""
+    import torch
+
+    x = pixels.float() * normalizer["scale"]
+    mean = torch.tensor(normalizer["mean"], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(normalizer["std"], device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    return x if dtype is None else x.to(dtype)
+
+
+@dataclass
+class EncodeStats:
+    records: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    images: int = 0
+    tokens: int = 0
+    dropped_ids: list[str] = field(default_factory=list)
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

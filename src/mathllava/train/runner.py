@@ -1,0 +1,439 @@
+"""Fine-tune a llava-hf base on LLaVA conversation data: the one training path.
+
+`mathllava train`, `python -m mathllava.train` under torchrun (every worker of a cluster job) and
+the pipeline's train step all call `run_training`. It follows the LLaVA-1.5 / Math-LLaVA recipe:
+vision tower frozen, projector and LM trained (`mode: full`) or LoRA adapters on the LM plus the full
+projector (`mode: lora`, merged at the end so the result is a plain llava-hf directory), loss on the
+assistant turns only, transformers `Trainer` with DeepSpeed ZeRO-2/3 when configured.
+
+Output folder:
+    run.json            what this run is (base, data, settings); a resume must match it
+    checkpoints/        checkpoint-N every `save_steps` (a COMPLETE marker once every rank wrote it)
+    encoded/            the encoded data (unless `cache_dir` says elsewhere)
+    adapter/            LoRA mode: the trained adapter and projector
+    model/              the final llava-hf model (written aside, then renamed into place)
+    summary.json        steps, losses, throughput, truncation counts
+
+MLflow logging and every file write except DeepSpeed's own shards happen on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..tracking import log_figure, log_metrics
+from .config import TrainSettings
+from .data import DataError, normalize_pixels, read_conversations
+
+COMPLETE = "COMPLETE"
+IDENTITY_IGNORED = {"launcher", "nproc_per_node", "dataloader_workers", "encode_workers", "cache_dir", "device",
+                    "logging_steps"}
+
+
+class RunConflict(RuntimeError):
+    """The output folder holds another run, or a run that --resume was not asked to continue."""
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    summary: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def _digest(path: Path) -> str:
+    from .encoded import _file_digest
+
+    return _file_digest(path)[:16]
+
+
+def _identity(base: Path, data: Path, image_root: Path, settings: TrainSettings) -> dict:
+    chosen = {k: v for k, v in settings.model_dump().items() if k not in IDENTITY_IGNORED}
+    return {"base": str(base.resolve()), "data": str(data.resolve()), "data_sha256": _digest(data),
+            "image_root": str(image_root.resolve()), "settings": chosen}
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Whole checkpoints, oldest first (by step)."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / COMPLETE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def remove_torn_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Delete checkpoint folders without the COMPLETE marker (a run killed while saving)."""
+    removed = []
+    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
+        if path.is_dir() and not (path / COMPLETE).exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
+def check_output(out: Path, identity: dict, resume: bool) -> str | None:
+    """Check the output folder against this run; returns the checkpoint to resume from (or None).
+    Read-only, so every rank runs it before the process group forms and all fail alike."""
+    marker = out / "run.json"
+    if marker.exists():
+        previous = json.loads(marker.read_text(encoding="utf-8"))
+        if not resume:
+            raise RunConflict(f"{out} already holds a training run; pass --resume to continue it or use another --out")
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            if "settings" in changed:
+                a, b = previous.get("settings", {}), identity["settings"]
+                changed += [f"settings.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            raise RunConflict(f"{out} holds a run with other inputs or settings ({', '.join(changed)}); "
+                              "use another --out")
+    elif (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise RunConflict(f"{out}/checkpoints holds checkpoints of an unknown run; use another --out")
+    whole = complete_checkpoints(out / "checkpoints")
+    return str(whole[-1]) if (resume and whole) else None
+
+
+def write_identity(out: Path, identity: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+    tmp.replace(out / "run.json")
+
+
+def _make_trainer_class():
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class LlavaTrainer(Trainer):
+        """The Trainer with three additions: pixels are normalised on the device (the collator sends
+        the stored 8-bit images), the projector can have its own learning rate, and length grouping
+        uses the lengths known from encoding instead of reading every sample."""
+
+        def __init__(self, *args, normalizer: dict, lengths=None, projector_lr: float | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.normalizer, self.lengths, self.projector_lr = normalizer, lengths, projector_lr
+
+        def _prepare_inputs(self, inputs):
+            inputs = super()._prepare_inputs(inputs)
+            raw = inputs.pop("raw_pixels", None)
+            if raw is not None:
+                inputs["pixel_values"] = normalize_pixels(raw, self.normalizer, self.model.dtype)
+            return inputs
+
+        def floating_point_ops(self, inputs) -> int:
+            """The Trainer's FLOP count for its logs (6 x parameters x tokens), with the parameter count
+            taken once: the stock method walks every parameter on every step."""
+            if not hasattr(self, "_flop_params"):
+                self._flop_params = self.model.num_parameters(exclude_embeddings=True) \
+                    if hasattr(self.model, "num_parameters") else 0
+            return 6 * self._flop_params * int(inputs["input_ids"].numel())
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            """transformers saves LLaVA weights under the llava-hf key names but loads a checkpoint's
+            raw state dict with strict=False, so a resumed full fine-tune silently restarted from the
+            base weights. Load through from_pretrained (which maps the names), strictly."""
+            from transformers import LlavaForConditionalGeneration
+
+            model = self.model if model is None else model
+            if self.is_deepspeed_enabled or not isinstance(model, LlavaForConditionalGeneration):
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)  # DeepSpeed / PEFT: their own
+            saved = LlavaForConditionalGeneration.from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+            model.load_state_dict(saved.state_dict(), strict=True)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=[int(n) for n in self.lengths])
+            return super()._get_train_sampler(train_dataset)
+
+        def create_optimizer(self, model=None):
+            if self.projector_lr is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    groups.setdefault(("multi_modal_projector" in name, name in decay), []).append(param)
+            param_groups = [{"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
+                             **({"lr": self.projector_lr} if projector else {})}
+                            for (projector, decayed), params in groups.items()]
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = cls(param_groups, **kwargs)
+            return self.optimizer
+
+    class Collator:
+        """Right-padded token batches (labels IGNORE_INDEX on padding) and the raw stored images."""
+
+        def __init__(self, pad_id: int, multiple_of: int | None):
+            self.pad_id, self.multiple_of = pad_id, multiple_of
+
+        def __call__(self, batch: list[dict]) -> dict:
+            from ..conversation import IGNORE_INDEX
+
+            width = max(len(b["input_ids"]) for b in batch)
+            if self.multiple_of:
+                width = -(-width // self.multiple_of) * self.multiple_of
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, b in enumerate(batch):
+                n = len(b["input_ids"])
+                ids[i, :n] = torch.from_numpy(b["input_ids"].astype("int64"))
+                labels[i, :n] = torch.from_numpy(b["labels"].astype("int64"))
+                mask[i, :n] = 1
+            out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            images = [b["pixels"] for b in batch if b["pixels"] is not None]
+            if images:
+                import numpy as np
+
+                out["raw_pixels"] = torch.from_numpy(np.stack(images))
+            return out
+
+    return LlavaTrainer, Collator
+
+
+def _callbacks(on_log: Callable | None, device: str):
+    from transformers import TrainerCallback
+
+    class Relay(TrainerCallback):
+        """Step metrics to MLflow (rank 0: the tracking helpers log only in an active run, and only
+        rank 0 has one) and to the caller."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+                log_metrics(numbers, prefix="train_", step=state.global_step)
+                if on_log:
+                    on_log(state.global_step, numbers)
+
+    class MarkComplete(TrainerCallback):
+        """After every rank has written its part of a checkpoint, rank 0 marks it whole."""
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    (folder / COMPLETE).write_text(f"{state.global_step}\n", encoding="utf-8")
+
+    class StepTimer(TrainerCallback):
+        """Wall time of the steady part of the run (the first fifth, or the first step, is warm-up)."""
+
+        def __init__(self):
+            self.first_step, self.start, self.end, self.steps = None, None, None, 0
+
+        def _now(self) -> float:
+            if device == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            warmup = max(1, state.max_steps // 5)
+            if self.first_step is None and state.global_step >= warmup:
+                self.first_step, self.start = state.global_step, self._now()
+            elif self.first_step is not None and state.global_step == state.max_steps:
+                self.end, self.steps = self._now(), state.global_step - self.first_step
+
+        def rate(self) -> float | None:
+            return self.steps / (self.end - self.start) if self.steps and self.end > self.start else None
+
+    timer = StepTimer()
+    return [Relay(), MarkComplete(), timer], timer
+
+
+def _single_process_env() -> None:
+    """DeepSpeed needs a process group even for one process: outside torchrun, make it a group of one."""
+    import os
+    import socket
+
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+
+
+def _training_args(out: Path, settings: TrainSettings, device: str, bf16: bool, workers: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), num_train_epochs=settings.epochs, max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, lr_scheduler_type=settings.lr_scheduler,
+        max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        report_to=[], seed=settings.seed, use_cpu=device == "cpu", bf16=bf16, deepspeed=settings.deepspeed,
+        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        dataloader_num_workers=workers, dataloader_pin_memory=device == "cuda",
+        dataloader_persistent_workers=workers > 0, remove_unused_columns=False, disable_tqdm=False,
+        save_only_model=False, ddp_find_unused_parameters=False, tf32=True if device == "cuda" else None,
+    )
+
+
+def _prepare_model(base: Path, settings: TrainSettings):
+    """The base model, vision tower frozen; LoRA adapters on the LM (projector fully trained) in lora mode."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    for param in model.model.vision_tower.parameters():
+        param.requires_grad = False
+    if settings.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = "|".join(settings.lora.target_modules)
+        model = get_peft_model(model, LoraConfig(
+            r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
+            target_modules=rf".*language_model.*\.({targets})", modules_to_save=["multi_modal_projector"],
+            task_type="CAUSAL_LM"))
+    model.config.use_cache = False
+    return model
+
+
+def _trainable(model) -> tuple[int, int]:
+    trainable = sum(p.numel() if not hasattr(p, "ds_numel") else p.ds_numel for p in model.parameters()
+                    if p.requires_grad)
+    total = sum(p.numel() if not hasattr(p, "ds_numel") else p.ds_numel for p in model.parameters())
+    return trainable, total
+
+
+def _merge_lora(base: Path, adapter: Path, target: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(target)
+
+
+def run_training(base: str | Path, data: str | Path, image_root: str | Path, out: str | Path,
+                 settings: TrainSettings, resume: bool = False, on_log: Callable | None = None) -> TrainResult:
+    """Train, checkpoint, and write the final llava-hf model to `<out>/model` (see the module doc)."""
+    import torch
+    from transformers import set_seed
+
+    from ..llava import check_model_dir, load_processor, resolve_device
+    from .encoded import ensure_encoded
+
+    base, data, image_root, out = Path(base), Path(data), Path(image_root), Path(out)
+    check_model_dir(base)
+    if not data.is_file():
+        raise DataError(f"{data}: no such training file")
+    identity = _identity(base, data, image_root, settings)
+    resume_from = check_output(out, identity, resume)
+    summary_path = out / "summary.json"
+    if resume and (out / "model" / "config.json").is_file() and summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        print(f"{out}: this run already finished at step {summary.get('global_step')}; nothing to resume")
+        return TrainResult(out / "model", summary, summary.get("history", []))
+    device = resolve_device(settings.device)
+    bf16 = (device == "cuda" and torch.cuda.is_bf16_supported()) if settings.bf16 == "auto" else settings.bf16
+    workers = settings.dataloader_workers
+    if workers == "auto":
+        workers = 2 if device == "cuda" else 0
+    if settings.deepspeed:
+        _single_process_env()
+    args = _training_args(out, settings, device, bf16, workers)  # forms the process group, if any
+    if settings.deepspeed and device == "cpu":
+        import deepspeed  # on CPU, accelerate forms a gloo group but leaves DeepSpeed's own comm unset
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    if args.process_index == 0:
+        write_identity(out, identity)
+        removed = remove_torn_checkpoints(out / "checkpoints")
+        if removed:
+            print(f"removed incomplete checkpoints (a run killed while saving): {', '.join(removed)}")
+
+    records = read_conversations(data)
+    processor = load_processor(base)
+    cache_root = Path(settings.cache_dir) if settings.cache_dir else out / "encoded"
+    with args.main_process_first(local=True, desc="encode the training data"):
+        encoded = ensure_encoded(data, records, image_root, base, settings.max_length, cache_root,
+                                 settings.encode_workers, progress=args.process_index == 0)
+    meta = encoded.meta
+    if args.process_index == 0:
+        print(f"training data: {meta['records']} records -> {meta['samples']} samples, {meta['images']} images, "
+              f"{meta['truncated']} truncated at a turn boundary, {meta['dropped']} dropped "
+              f"(first answer beyond max_length {settings.max_length})")
+
+    set_seed(settings.seed)
+    model = _prepare_model(base, settings)
+    trainable, total = _trainable(model)
+    LlavaTrainer, Collator = _make_trainer_class()
+    callbacks, timer = _callbacks(on_log, device)
+    trainer = LlavaTrainer(
+        model=model, args=args, train_dataset=encoded, processing_class=processor,
+        data_collator=Collator(processor.tokenizer.pad_token_id, 8 if device == "cuda" else None),
+        callbacks=callbacks, normalizer=meta["normalizer"], lengths=encoded.lengths,
+        projector_lr=settings.projector_learning_rate)
+    if args.process_index == 0:
+        log_metrics({"trainable_parameters": trainable, "total_parameters": total, "train_samples": meta["samples"],
+                     "train_truncated": meta["truncated"], "train_dropped": meta["dropped"],
+                     "world_size": args.world_size})
+        if resume_from:
+            print(f"resuming from {resume_from}")
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    runtime = time.perf_counter() - started
+
+    final = out / "model"
+    staging = out / "model.saving"
+    if args.process_index == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+    if settings.mode == "lora":
+        trainer.save_model(str(out / "adapter"))  # collective under ZeRO-3; written by rank 0
+    else:
+        trainer.save_model(str(staging))
+    history = [dict(h) for h in trainer.state.log_history]
+    summary = {}
+    if args.process_index == 0:
+        if settings.mode == "lora":
+            _merge_lora(base, out / "adapter", staging)
+        processor.save_pretrained(staging)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        rate = timer.rate()
+        samples_per_step = settings.batch_size * settings.gradient_accumulation_steps * args.world_size
+        mean_tokens = float(encoded.lengths.mean())
+        losses = [h["loss"] for h in history if "loss" in h]
+        summary = {
+            "global_step": trainer.state.global_step, "epochs": trainer.state.epoch, "mode": settings.mode,
+            "world_size": args.world_size, "device": device, "bf16": bf16, "deepspeed": settings.deepspeed,
+            "train_loss": output.training_loss, "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None, "resumed_from": resume_from,
+            "runtime_s": runtime, "trainable_parameters": trainable, "total_parameters": total,
+            "steady_steps_per_s": rate,
+            "steady_samples_per_s": rate * samples_per_step if rate else None,
+            "steady_tokens_per_s": rate * samples_per_step * mean_tokens if rate else None,
+            "samples": meta["samples"], "records": meta["records"], "truncated": meta["truncated"],
+            "dropped": meta["dropped"], "dropped_ids": meta["dropped_ids"], "mean_tokens": mean_tokens,
+            "history": history,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        log_metrics({k: summary[k] for k in ("steady_samples_per_s", "steady_tokens_per_s", "runtime_s")
+                     if summary[k] is not None})
+        if losses:
+            from ..plots import loss_curve
+
+            log_figure(loss_curve(history), "training/loss_curve.png")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return TrainResult(final, summary, history)
