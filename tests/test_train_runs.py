@@ -179,3 +179,53 @@ def test_sigkill_then_resume_reaches_the_same_final_step_and_weights(base, data,
     assert all(torch.equal(a[k], b[k]) for k in a)  # resumed == never interrupted
     again = _cli([*args, "--out", str(killed), "--resume"])
     assert again.returncode == 0 and "already finished at step 60" in again.stdout
+
+
+def test_pipeline_launcher_runs_torchrun_and_rank0_logs_into_the_callers_run(base, data, tmp_path):
+    """`train.launcher: torchrun` (what the pipeline's train step uses for several GPUs): two CPU
+    processes under DDP, and rank 0's metrics land in the MLflow run that was active in the caller."""
+    import mlflow
+
+    from mathllava.train.config import TrainSettings
+    from mathllava.train.launch import train
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("launcher")
+    settings = TrainSettings(device="cpu", max_steps=4, batch_size=4, logging_steps=1, launcher="torchrun",
+                             nproc_per_node=2)
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    with mlflow.start_run() as run:
+        result = train(base, data[1], data[3], tmp_path / "out", settings)
+    assert result.summary["world_size"] == 2 and result.summary["global_step"] == 4
+    assert (result.model_dir / "config.json").is_file()
+    steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in steps) == [1, 2, 3, 4]
+    assert len(mlflow.search_runs(experiment_names=["launcher"])) == 1
+
+
+def test_group_by_length_batches_samples_of_similar_length(base, small_dataset, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    from mathllava.train.config import TrainSettings
+    from mathllava.train.data import read_conversations
+    from mathllava.train.encoded import ensure_encoded
+    from mathllava.train.runner import _make_trainer_class, _training_args
+
+    records = read_conversations(small_dataset)
+    records = [{**r, "conversations": r["conversations"] * (1 + i % 3)} for i, r in enumerate(records)]  # 1-3 turns
+    encoded = ensure_encoded(small_dataset, records, small_dataset.parent / "images", base, 2048, tmp_path / "c",
+                             workers=0, progress=False)
+    LlavaTrainer, Collator = _make_trainer_class()
+    for grouped in (True, False):
+        args = _training_args(tmp_path / f"o{grouped}", TrainSettings(group_by_length=grouped, batch_size=8),
+                              "cpu", False, 0)
+        trainer = LlavaTrainer(model=LlavaForConditionalGeneration.from_pretrained(base), args=args,
+                               train_dataset=encoded, data_collator=Collator(0, None), normalizer={},
+                               lengths=encoded.lengths)
+        order = list(trainer._get_train_sampler())
+        assert sorted(order) == list(range(len(encoded)))
+        spread = [float(encoded.lengths[order[i:i + 8]].std()) for i in range(0, len(order), 8)]
+        if grouped:
+            grouped_spread = sum(spread)
+        else:
+            assert grouped_spread < 0.5 * sum(spread)  # batches mix far less in length when grouped

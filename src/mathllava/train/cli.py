@@ -64,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
             from ..tracking import log_params
 
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mathllava-train"))
+            if not os.environ.get("MLFLOW_RUN_ID"):  # a given run keeps its own experiment
+                mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mathllava-train"))
             with mlflow.start_run(run_name=os.environ.get("MLFLOW_RUN_NAME")):
-                log_params({"train": settings.model_dump(), "base": base, "data": args.data})
+                if not os.environ.get("MLFLOW_RUN_ID"):  # a continued run has its parameters already
+                    log_params({"train": settings.model_dump(), "base": base, "data": args.data})
                 result = run_training(base, args.data, args.image_root, args.out, settings, resume=args.resume)
         else:
             result = run_training(base, args.data, args.image_root, args.out, settings, resume=args.resume)

@@ -39,7 +39,7 @@ from .data import DataError, EncodeStats, encode_conversation, iter_chunks, pixe
 FORMAT = 1
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
                    "chat_template.jinja", "chat_template.json", "special_tokens_map.json")
-INLINE_BELOW = 2000  # records; smaller sets are encoded in this process (no worker start-up cost)
+INLINE_BELOW = 20_000  # records; smaller sets are encoded in this process (workers take seconds to start)
 
 
 def _file_digest(path: Path) -> str:
