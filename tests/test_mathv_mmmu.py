@@ -63,10 +63,64 @@ def test_mathv_judgement(model_answer, truth, options, correct):
     assert mathv.judge(model_answer, truth, options) is correct
 
 
-def test_mathv_latex_evaluator_runs_no_code():
+LONG_PROSE = ("5.hence,countingtheregionsonebyoneandaddingthenumbersthatappearineachofthefourcornerswefind"
+              "thatthevaluewritteninthemiddleoftheshapemustmatchtheonewealreadyhadfromthefirstrowofthetable"
+              "aboveandsoweconcludethattheresultisfive")
+
+
+# The official judge hands latex2sympy's output to Python's eval (with `math` names in scope) and
+# compares both sides rounded to 2 decimals. Each verdict below is what that code gives; ours walks
+# the same expression with the same Python operators, without eval, and bounds the size of integers.
+@pytest.mark.parametrize("model_answer,truth,options,correct", [
+    # huge powers: Python ints are exact and their quotient correctly rounded, so these evaluate
+    ("\\frac{1}{3}", "$\\frac{3^{1008}-1}{3^{1009}}$", [], True),
+    ("1/3", "$\\frac{3^{1008}-1}{3^{1009}}$", [], True),
+    ("0.33", "$\\frac{3^{1008}-1}{3^{1009}}$", [], True),
+    ("0.34", "$\\frac{3^{1008}-1}{3^{1009}}$", [], False),
+    ("\\frac{1}{3}", "B", ["$1$", "$\\frac{3^{1008}-1}{3^{1009}}$"], True),   # through the option text
+    ("(\\frac{3^{1008}-1}{3^{1009}},1)", "(0.33,1)", [], True),              # inside a tuple
+    ("\\frac{2^{2024}}{2^{2024}+1}", "1", [], True),
+    ("2^{2024}", "2^{2024}+1", [], False),           # two exact integers stay apart after rounding
+    ("3^{1009}\\cdot0.5", "1", [], False),           # an int too large for a float: an error, not equal
+    ("2^{-1009}", "0", [], True),                    # a negative power is float arithmetic: 0.0
+    # a slash fraction against \frac: the published judge says equal (see mathv.py on Gemini-Pro 3013)
+    ("4/3", "\\frac{4}{3}", [], True),
+    ("\\frac{4}{3}", "4/3", [], True),
+    ("1.33", "\\frac{4}{3}", [], True),
+    ("1.3", "\\frac{4}{3}", [], False),
+    # other consequences of eval's semantics, kept
+    (LONG_PROSE, "5", [], True),                     # 222 characters; latex2sympy reads the leading 5
+    ("3>2", "1", [], True),                          # a comparison is a bool, and round(True, 2) == 1
+    ("e", "2.72", [], False),                        # printed as E, a name eval does not know
+    ("10!", "3628800", [], True),                    # math.factorial
+])
+def test_mathv_judgement_follows_the_official_eval(model_answer, truth, options, correct):
+    assert mathv.judge(model_answer, truth, options) is correct
+
+
+@pytest.mark.parametrize("text", ["9^{9^{9}}", "2^{10^{12}}", "(2^{999})^{999}\\cdot(2^{999})^{999}", "100000!",
+                                  "\\binom{2^{10^{12}}}{2}", "\\gcd(2^{10^{12}},6)", "\\sqrt[2^{10^{12}}]{2}",
+                                  "{" * 150 + "1" + "}" * 150, "1+" * 1200 + "1"])
+def test_mathv_values_beyond_any_answer_are_refused_before_they_are_computed(text):
+    with pytest.raises(mathv.TooLarge):
+        mathv.latex_value(text)
+
+
+def test_mathv_latex_evaluator_runs_no_code(monkeypatch, tmp_path):
     with pytest.raises(Exception):
         mathv.latex_value("\\text{__import__('os').system('true')}")
     assert mathv.latex_value("\\frac{1}{4}+\\sqrt{4}") == pytest.approx(2.25)
+    # whatever text the LaTeX parser hands over is interpreted, never executed: were it given to eval,
+    # this would write a file and return a number
+    import latex2sympy2
+
+    marker = tmp_path / "ran"
+    monkeypatch.setattr(latex2sympy2, "latex2sympy", lambda text: f"len(open({str(marker)!r}, 'w').name) + pi")
+    with pytest.raises(ValueError, match="not a numeric expression"):
+        mathv.latex_value("x")
+    assert not marker.exists()
+    monkeypatch.setattr(latex2sympy2, "latex2sympy", lambda text: "(-1 + 3**1008)/(3**1009) + sqrt(4)")
+    assert mathv.latex_value("x") == pytest.approx(1 / 3 + 2)
 
 
 def test_mathv_score_layout():

@@ -8,7 +8,17 @@ by latex2sympy, both sides rounded to 2 decimals). Results are "correct/total=ac
 level and subject×level, in the benchmark's own key layout.
 
 Quirks of the reference are kept on purpose (they move scores): fractions are re-braced only when a
-`sqrt` is present, "0.5" becomes `\\frac{1}{2}`, and a response with several "is " takes the tail.
+`sqrt` is present, "0.5" becomes `\\frac{1}{2}`, a response with several "is " takes the tail, and
+numbers are what Python's eval makes of latex2sympy's output: exact integers of any size (so
+`\\frac{3^{1008}-1}{3^{1009}}` equals 1/3 at 2 decimals), comparisons as booleans (`3>2` equals 1),
+`E` unknown. Only the size of integers is bounded (TooLarge: not equal), where the reference would
+run out of time or memory.
+
+Checked against the Math-V repository's 16 stored outputs (48,640 judgements): rescored, every
+`*_result.json` is reproduced key for key but one item of Gemini-Pro (id 3013: the reply "The answer
+is 4/3." against `\\frac{4}{3}`, stored as wrong). The published evaluate.py/utils.py, run unchanged
+with latex2sympy2 1.5.0-1.9.1 and sympy 1.5-1.14, judges that item right, as this module does; the
+stored verdict did not come from the published code, so it is not imitated.
 """
 
 from __future__ import annotations
@@ -28,41 +38,115 @@ ANSWER_PHRASES = ("the final answer is", "the answer is", "the correct answer is
 
 
 # ---------------------------------------------------------------- numeric evaluation of LaTeX
+# The reference turns LaTeX into a sympy expression with latex2sympy and hands str() of it to Python's
+# eval, with `from math import *` in scope; `round(value, 2)` of both sides is then compared. Python
+# ints are exact, so `(-1 + 3**1008)/(3**1009)` evaluates (true division of two big ints is correctly
+# rounded) and `\frac{3^{1008}-1}{3^{1009}}` equals `\frac{1}{3}` at 2 decimals. Here a small
+# interpreter walks the same expression with the same Python operators, so it gets the same numbers
+# (and the same exceptions, which mean "not equal"), but it only knows numbers, `math` names and
+# arithmetic, and it refuses before any integer grows past _MAX_INT_BITS, where the reference would
+# spend unbounded time or memory.
 _MATH_NAMES = {k: v for k, v in vars(math).items() if not k.startswith("_")}
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.Pow: operator.pow, ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-_MAX_LATEX_CHARS = 200
-_HUGE_POWER = re.compile(r"\^\s*\{?\s*-?\d{4,}|\^\s*\{[^{}]*\^|\*\*")
+_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+            ast.Eq: operator.eq, ast.NotEq: operator.ne}  # sympy prints `3 > 2`; eval gives a bool
+_MAX_INT_BITS = 1 << 17        # ~40,000 decimal digits: 3**1009 is 1,600 bits
+_MAX_FACTORIAL = 10_000        # factorial/comb/perm arguments (10000! is ~118,000 bits)
+_MAX_LATEX_CHARS = 2000        # latex2sympy's parse time grows with length (and nesting, below)
+_MAX_NESTING = 100
+# latex2sympy itself computes \binom, \gcd/\lcm, matrix products and \sqrt[n]; with a large or nested
+# power inside, that computation is unbounded, so such text (with more than one power, or one with
+# over three digits) is refused before parsing.
+_SELF_EVALUATING = re.compile(r"binom|choose|gcd|lcm|matrix|array|operatorname|sqrt\s*\[")
+_SMALL_POWER = re.compile(r"\^\s*(?:\d{1,3}|\{\s*\d{1,3}\s*\})")
+
+
+class TooLarge(ArithmeticError):
+    """The expression is one the reference would take unbounded time or memory to evaluate."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int)  # bool included, as in Python arithmetic
+
+
+def _check_int(value: Any) -> Any:
+    if _is_int(value) and value.bit_length() > _MAX_INT_BITS:
+        raise TooLarge("integer too large")
+    return value
+
+
+def _power(base: Any, exponent: Any) -> Any:
+    if _is_int(base) and _is_int(exponent) and exponent > 0 and abs(base) > 1:
+        # |base| >= 2, so the result has at least `exponent` bits; log2 takes ints of any size
+        if exponent > _MAX_INT_BITS or exponent * math.log2(abs(base)) > _MAX_INT_BITS:
+            raise TooLarge("power too large")
+    return base ** exponent  # a negative or float exponent, or a float base: a float (or complex), no blow-up
+
+
+def _binop(op: ast.operator, left: Any, right: Any) -> Any:
+    if isinstance(op, ast.Pow):
+        return _power(left, right)
+    if isinstance(op, ast.Mult) and _is_int(left) and _is_int(right) \
+            and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+        raise TooLarge("product too large")
+    return _check_int(_BINOPS[type(op)](left, right))
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    if name in ("factorial", "comb", "perm") and any(_is_int(a) and a > _MAX_FACTORIAL for a in args[:1]):
+        raise TooLarge(f"{name} argument too large")
+    return _check_int(_MATH_NAMES[name](*args))
 
 
 def _evaluate_node(node: ast.AST) -> Any:
     if isinstance(node, ast.Expression):
         return _evaluate_node(node.body)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):  # bools too, like eval
+        return _check_int(node.value)
     if isinstance(node, ast.Name) and node.id in _MATH_NAMES:
         return _MATH_NAMES[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _evaluate_node(node.left), _evaluate_node(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 4096:
-            raise OverflowError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
+        return _binop(node.op, _evaluate_node(node.left), _evaluate_node(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate_node(node.operand))
+    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
+        left = _evaluate_node(node.left)
+        for op, comparator in zip(node.ops, node.comparators):  # chained, short-circuit, like Python
+            right = _evaluate_node(comparator)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _MATH_NAMES \
             and not node.keywords:
-        return _MATH_NAMES[node.func.id](*[_evaluate_node(a) for a in node.args])
+        return _call(node.func.id, [_evaluate_node(a) for a in node.args])
     raise ValueError(f"not a numeric expression: {ast.dump(node)[:80]}")
 
 
-def latex_value(text: str) -> float:
-    """The number a LaTeX string denotes, the way the reference gets it (latex2sympy, then the
-    expression string evaluated with `math` names only). Raises on anything non-numeric. The
-    reference calls Python's eval; here a whitelist interpreter gives the same numbers without
-    running arbitrary text, and absurd powers are refused before sympy tries to expand them."""
-    if len(text) > _MAX_LATEX_CHARS or _HUGE_POWER.search(text):
-        raise ValueError("expression too large to evaluate")
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]":
+            depth -= 1
+    return deepest
+
+
+def latex_value(text: str) -> Any:
+    """The value a LaTeX string denotes, the way the reference gets it: latex2sympy, then the
+    expression string evaluated with `math` names in scope. Raises on anything the reference's eval
+    would raise on (a name it does not know, a syntax error, a division by zero, a float overflow), and
+    with TooLarge where the reference would spend unbounded time or memory. Python's eval is never
+    called: a whitelist interpreter gives the same numbers without running arbitrary text."""
+    if len(text) > _MAX_LATEX_CHARS or _nesting(text) > _MAX_NESTING:
+        raise TooLarge("expression too long to parse")
+    powers = text.count("^")
+    if _SELF_EVALUATING.search(text) and (powers > 1 or powers == 1 and not _SMALL_POWER.search(text)):
+        raise TooLarge("latex2sympy would compute a large power itself")
     from latex2sympy2 import latex2sympy
 
     expression = str(latex2sympy(text))
