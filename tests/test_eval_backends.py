@@ -64,6 +64,38 @@ def test_local_and_http_backends_give_identical_predictions(model_dir, problems,
     assert summary["generation"]["generated"] == 40 and summary["generation"]["problems_per_second"] > 0
 
 
+def test_generation_follows_the_models_dtype_and_refuses_a_missing_gpu(model_dir, problems):
+    """Inputs are cast to the model's dtype and moved to its device: a bf16 model answers the same
+    requests (a float32 image into a bf16 vision tower would fail), and `cuda` without a GPU is a
+    clear error, not a crash deep in torch."""
+    import torch
+
+    from mathllava import cli
+    from mathllava.llava import resolve_device
+
+    requests = [Request(p["query"], p["image_path"]) for p in problems[:6]] + [Request("What is 2 + 3?")]
+    half = TransformersBackend(model_dir, batch_size=4, max_new_tokens=4, device="cpu", dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    seen = []
+    generate = half.model.generate
+
+    def spy(**inputs):
+        seen.append({k: (v.device, v.dtype) for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+        return generate(**inputs)
+
+    half.model.generate = spy
+    replies = half.generate(requests)
+    assert len(replies) == 7 and all(isinstance(r, str) for r in replies)
+    assert len(seen) == 3  # two image batches, one text-only
+    for inputs in seen:
+        assert all(device == half.model.device for device, _ in inputs.values())
+    assert [inputs["pixel_values"][1] for inputs in seen if "pixel_values" in inputs] == [torch.bfloat16] * 2
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU is visible"):
+            resolve_device("cuda")
+        assert cli.main(["serve", str(model_dir), "--device", "cuda"]) == 2
+
+
 class _StopAfter:
     """Wraps a real backend and raises KeyboardInterrupt after `n` replies (a Ctrl-C mid-run)."""
 
