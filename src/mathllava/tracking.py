@@ -7,16 +7,18 @@ from typing import Any
 
 
 def _active() -> bool:
-    import mlflow
-
+    try:
+        import mlflow
+    except ImportError:  # a bare training image (e.g. a GPU worker) may run without MLflow
+        return False
     return mlflow.active_run() is not None
 
 
 def log_params(params: dict[str, Any], prefix: str = "") -> None:
-    import mlflow
-
     if not _active():
         return
+    import mlflow
+
     flat = {}
     for key, value in params.items():
         if isinstance(value, dict):
@@ -28,10 +30,10 @@ def log_params(params: dict[str, Any], prefix: str = "") -> None:
 
 
 def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
-    import mlflow
-
     if not _active():
         return
+    import mlflow
+
     clean = {}
     for k, v in metrics.items():
         name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in f"{prefix}{k}")
@@ -41,15 +43,16 @@ def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = 
 
 def log_figure(fig, name: str) -> None:
     import matplotlib.pyplot as plt
-    import mlflow
 
     if _active():
+        import mlflow
+
         mlflow.log_figure(fig, name)
     plt.close(fig)
 
 
 def log_dict(data: dict, name: str) -> None:
-    import mlflow
-
     if _active():
+        import mlflow
+
         mlflow.log_dict(data, name)
