@@ -135,14 +135,23 @@ def bare_loop(base: Path, encoded, batch_size: int, steps: int, device: str, bf1
 
 
 def project_path(base: Path, data: Path, image_root: Path, out: Path, batch_size: int, steps: int, device: str,
-                 deepspeed: str | None, workers: int | str) -> dict:
-    from mathllava.train.config import TrainSettings
-    from mathllava.train.runner import run_training
+                 deepspeed: str | None, workers: int | str, threads: int) -> dict:
+    """`python -m mathllava.train` in its own process (DeepSpeed leaves a process group and
+    environment behind, which would turn later runs in this process into distributed ones)."""
+    import subprocess
 
-    settings = TrainSettings(batch_size=batch_size, max_steps=steps, learning_rate=2e-5, save_steps=10 ** 6,
-                             logging_steps=20, device=device, deepspeed=deepspeed, dataloader_workers=workers,
-                             cache_dir=str(out.parent / "encoded"))
-    summary = run_training(base, data, image_root, out, settings).summary
+    import yaml
+
+    train = {"batch_size": batch_size, "max_steps": steps, "learning_rate": 2e-5, "save_steps": 10 ** 6,
+             "logging_steps": 20, "device": device, "deepspeed": deepspeed, "dataloader_workers": workers,
+             "cache_dir": str(out.parent / "encoded")}
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump({"train": train}))
+    subprocess.run([sys.executable, "-m", "mathllava.train", "--base", str(base), "--data", str(data),
+                    "--image-root", str(image_root), "--out", str(out), "--config", str(config)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)},
+                   stdout=subprocess.DEVNULL)
+    summary = json.loads((out / "summary.json").read_text())
     return {"samples_per_s": summary["steady_samples_per_s"], "tokens_per_sample": summary["mean_tokens"]}
 
 
@@ -189,16 +198,16 @@ def main(argv: list[str] | None = None) -> None:
             base = init_tiny(tmp / "base", shape, [t["value"] for r in records for t in r["conversations"]])
         started = time.perf_counter()
         encoded = ensure_encoded(data, read_conversations(data), data.parent / "images", base, 2048,
-                                 tmp / "encoded", progress=False)
+                                 tmp / "encoded", progress=False)  # the runs below reuse this cache
         encode_s = time.perf_counter() - started
         paths = {"bare PyTorch loop": lambda r: bare_loop(base, encoded, args.batch_size, args.steps, device, bf16),
                  "mathllava train (Trainer)": lambda r: project_path(
                      base, data, data.parent / "images", tmp / f"run{r}", args.batch_size, args.steps, device, None,
-                     workers)}
+                     workers, args.threads)}
         if args.deepspeed:
             paths[f"mathllava train + {Path(args.deepspeed).name}"] = lambda r: project_path(
                 base, data, data.parent / "images", tmp / f"run-ds{r}", args.batch_size, args.steps, device,
-                args.deepspeed, workers)
+                args.deepspeed, workers, args.threads)
         best: dict[str, dict] = {}
         for repeat in range(args.repeats):  # interleaved, best of each: robust to a busy neighbour
             for name, run in paths.items():

@@ -20,9 +20,23 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 TINY = TinyModelConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1,
                        text_intermediate=128, vocab_size=500)
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "DS_ACCELERATOR": "cpu"}
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "MLFLOW_DISABLE_TELEMETRY": "true",
+       "PYTHONWARNINGS": "ignore", "DS_ACCELERATOR": "cpu"}
 # Losses of the same global batch agree across world sizes up to float reduction order.
 LOSS_TOLERANCE = 1e-3  # relative, per logged step
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_run():
+    """`mathllava train` logs wherever MLFLOW_TRACKING_URI points; mlflow.set_tracking_uri (the pipeline
+    tests, the launcher test) leaves it in the environment, pointing at servers long stopped."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_") and k != "MLFLOW_DISABLE_TELEMETRY"}
+    for key in saved:
+        del os.environ[key]
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k != "MLFLOW_DISABLE_TELEMETRY"]:
+        del os.environ[key]
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +114,22 @@ def test_fine_tune_from_a_saved_base_gives_a_plain_llava_hf_model_that_serves(mo
     assert any(sampled)
 
 
+def test_lora_under_zero3_merges_into_a_plain_model(base, data, tmp_path):
+    """The adapter is trained under ZeRO-3 (partitioned weights); the merge must not be."""
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "lora-z3"
+    run = _cli(["--base", str(base), *data, "--out", str(out), "--mode", "lora", "--max-steps", "3",
+                "--deepspeed", str(ROOT / "configs" / "deepspeed" / "zero3.json"),
+                "--config", _config(tmp_path / "c.yaml", batch_size=8, lora={"r": 4, "alpha": 8})])
+    assert run.returncode == 0, run.stderr[-3000:]
+    merged = LlavaForConditionalGeneration.from_pretrained(out / "model")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    before, after = _weights(Path(base)), _weights(out / "model")
+    assert after.keys() == before.keys() and all(after[k].shape == before[k].shape for k in before)
+    assert _changed(before, after, "multi_modal_projector") and _changed(before, after, "language_model")
+
+
 def test_projector_learning_rate_gets_its_own_group(base, data, tmp_path):
     from mathllava.train.config import TrainSettings
     from mathllava.train.runner import run_training
@@ -147,8 +177,9 @@ def test_torchrun_zero3_on_two_processes_matches_one_process(base, data, tmp_pat
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(_losses(two))
 
 
-def test_sigkill_then_resume_reaches_the_same_final_step_and_weights(base, data, tmp_path):
-    config = _config(tmp_path / "c.yaml", batch_size=8, save_steps=5)
+@pytest.mark.parametrize("grouped", [False, True], ids=["random-order", "grouped-by-length"])
+def test_sigkill_then_resume_reaches_the_same_final_step_and_weights(grouped, base, data, tmp_path):
+    config = _config(tmp_path / "c.yaml", batch_size=8, save_steps=5, group_by_length=grouped)
     args = ["--base", str(base), *data, "--max-steps", "60", "--config", config]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "mathllava.train", *args, "--out", str(killed)], env=ENV,

@@ -57,10 +57,12 @@ _MAX_FACTORIAL = 10_000        # factorial/comb/perm arguments (10000! is ~118,0
 _MAX_LATEX_CHARS = 2000        # latex2sympy's parse time grows with length (and nesting, below)
 _MAX_NESTING = 100
 # latex2sympy itself computes \binom, \gcd/\lcm, matrix products and \sqrt[n]; with a large or nested
-# power inside, that computation is unbounded, so such text (with more than one power, or one with
-# over three digits) is refused before parsing.
+# power or a number of five or more digits inside, that computation is unbounded (\binom{10^6}{5*10^5}
+# runs for minutes), so such text (more than one power, a power over three digits, or a 5-digit
+# number) is refused before parsing.
 _SELF_EVALUATING = re.compile(r"binom|choose|gcd|lcm|matrix|array|operatorname|sqrt\s*\[")
 _SMALL_POWER = re.compile(r"\^\s*(?:\d{1,3}|\{\s*\d{1,3}\s*\})")
+_BIG_NUMBER = re.compile(r"\d{5,}")
 
 
 class TooLarge(ArithmeticError):
@@ -145,8 +147,9 @@ def latex_value(text: str) -> Any:
     if len(text) > _MAX_LATEX_CHARS or _nesting(text) > _MAX_NESTING:
         raise TooLarge("expression too long to parse")
     powers = text.count("^")
-    if _SELF_EVALUATING.search(text) and (powers > 1 or powers == 1 and not _SMALL_POWER.search(text)):
-        raise TooLarge("latex2sympy would compute a large power itself")
+    if _SELF_EVALUATING.search(text) and (powers > 1 or powers == 1 and not _SMALL_POWER.search(text)
+                                          or _BIG_NUMBER.search(text)):
+        raise TooLarge("latex2sympy would compute a large value itself")
     from latex2sympy2 import latex2sympy
 
     expression = str(latex2sympy(text))

@@ -50,16 +50,30 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_path: Path, image_paths: list[Path], model_dir: Path, max_length: int) -> str:
+def cache_key(data_path: Path, image_paths: list[Path], image_root: Path, model_dir: Path, max_length: int) -> str:
+    """Digest of what the encoding depends on. Images count by their path under the image root, size
+    and modification time, so a copy of the same folder (ZenML unpacks artifacts afresh) hits."""
     h = hashlib.sha256(f"format {FORMAT} max_length {max_length}\n".encode())
     h.update(_file_digest(data_path).encode())
     for name in PROCESSOR_FILES:
         if (model_dir / name).is_file():
             h.update(f"{name}:{_file_digest(model_dir / name)}".encode())
+    root = image_root.resolve()
     for path in image_paths:
         st = path.stat()
-        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(f"{path.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
     return h.hexdigest()[:20]
+
+
+def prune(cache_root: Path, keep: int, current: Path) -> list[str]:
+    """Delete all but the `keep` most recently used encodings (the current one always stays)."""
+    entries = [p for p in cache_root.iterdir() if (p / "meta.json").is_file() and p != current]
+    entries.sort(key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
+    removed = []
+    for path in entries[max(0, keep - 1):]:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
 
 
 class EncodedData:
@@ -172,16 +186,18 @@ def _image_paths(records: list[dict], image_root: Path, data_path: Path) -> list
 
 def ensure_encoded(data_path: str | Path, records: list[dict], image_root: str | Path, model_dir: str | Path,
                    max_length: int, cache_root: str | Path, workers: int | None = None,
-                   progress: bool = True) -> EncodedData:
+                   progress: bool = True, keep: int = 3) -> EncodedData:
     """The encoded set for these records, from the cache when it holds one, else built now (then
-    moved into place in one rename, so a reader never sees half a cache)."""
+    moved into place in one rename, so a reader never sees half a cache). The cache keeps the
+    `keep` most recently used encodings."""
     data_path, image_root, model_dir = Path(data_path), Path(image_root), Path(model_dir)
     if any(r.get("image") for r in records) and not image_root.is_dir():
         raise DataError(f"image root {image_root} is not a directory")
     paths = _image_paths(records, image_root, data_path)
     unique = sorted({p for p in paths if p is not None})
-    target = Path(cache_root) / cache_key(data_path, unique, model_dir, max_length)
+    target = Path(cache_root) / cache_key(data_path, unique, image_root, model_dir, max_length)
     if (target / "meta.json").is_file():
+        os.utime(target / "meta.json")  # most recently used
         return EncodedData(target)
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if len(records) >= INLINE_BELOW else 0
@@ -197,6 +213,7 @@ def ensure_encoded(data_path: str | Path, records: list[dict], image_root: str |
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    prune(Path(cache_root), keep, target)
     return EncodedData(target)
 
 

@@ -107,7 +107,23 @@ def write_identity(out: Path, identity: dict) -> None:
 def _make_trainer_class():
     import torch
     from transformers import Trainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped order drawn from seed + epoch, so that a resumed run skips exactly the batches
+        the interrupted one had trained on (the stock sampler draws from the global random state)."""
+
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     class LlavaTrainer(Trainer):
         """The Trainer with three additions: pixels are normalised on the device (the collator sends
@@ -128,9 +144,8 @@ def _make_trainer_class():
         def floating_point_ops(self, inputs) -> int:
             """The Trainer's FLOP count for its logs (6 x parameters x tokens), with the parameter count
             taken once: the stock method walks every parameter on every step."""
-            if not hasattr(self, "_flop_params"):
-                self._flop_params = self.model.num_parameters(exclude_embeddings=True) \
-                    if hasattr(self.model, "num_parameters") else 0
+            if not hasattr(self, "_flop_params"):  # ZeRO-3 leaves empty shards: count ds_numel there
+                self._flop_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
             return 6 * self._flop_params * int(inputs["input_ids"].numel())
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -147,8 +162,8 @@ def _make_trainer_class():
 
         def _get_train_sampler(self, train_dataset=None):
             if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
-                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                            lengths=[int(n) for n in self.lengths])
+                return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                                  [int(n) for n in self.lengths], self.args.seed)
             return super()._get_train_sampler(train_dataset)
 
         def create_optimizer(self, model=None):
@@ -216,10 +231,7 @@ def _callbacks(on_log: Callable | None, device: str):
         """After every rank has written its part of a checkpoint, rank 0 marks it whole."""
 
         def on_save(self, args, state, control, **kwargs):
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
+            _barrier()
             if state.is_world_process_zero:
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
@@ -250,6 +262,13 @@ def _callbacks(on_log: Callable | None, device: str):
 
     timer = StepTimer()
     return [Relay(), MarkComplete(), timer], timer
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _single_process_env() -> None:
@@ -307,6 +326,14 @@ def _prepare_model(base: Path, settings: TrainSettings):
     return model
 
 
+def _pad_id(tokenizer) -> int:
+    """Padding is masked out of attention and loss, so any id will do where a base defines none."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def _trainable(model) -> tuple[int, int]:
     trainable = sum(p.numel() if not hasattr(p, "ds_numel") else p.ds_numel for p in model.parameters()
                     if p.requires_grad)
@@ -315,13 +342,21 @@ def _trainable(model) -> tuple[int, int]:
 
 
 def _merge_lora(base: Path, adapter: Path, target: Path) -> None:
+    """Base + adapter merged in fp32 on this process alone, saved in the base's own dtype. ZeRO-3 is
+    switched off first: with its config alive, from_pretrained would build empty partitioned
+    weights and wait for the other ranks."""
     import torch
     from peft import PeftModel
-    from transformers import LlavaForConditionalGeneration
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    unset_hf_deepspeed_config()  # training is over; nothing after this is partitioned
+    saved_dtype = getattr(AutoConfig.from_pretrained(base), "dtype", None) or torch.float32
+    if isinstance(saved_dtype, str):
+        saved_dtype = getattr(torch, saved_dtype)
     model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(target)
+    merged.to(saved_dtype).save_pretrained(target)
 
 
 def run_training(base: str | Path, data: str | Path, image_root: str | Path, out: str | Path,
@@ -356,6 +391,7 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
         import deepspeed  # on CPU, accelerate forms a gloo group but leaves DeepSpeed's own comm unset
 
         deepspeed.init_distributed(dist_backend="gloo")
+    _barrier()  # every rank has checked the folder before rank 0 writes to it (NCCL groups form lazily)
     if args.process_index == 0:
         write_identity(out, identity)
         removed = remove_torn_checkpoints(out / "checkpoints")
@@ -381,7 +417,7 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
     callbacks, timer = _callbacks(on_log, device)
     trainer = LlavaTrainer(
         model=model, args=args, train_dataset=encoded, processing_class=processor,
-        data_collator=Collator(processor.tokenizer.pad_token_id, 8 if device == "cuda" else None),
+        data_collator=Collator(_pad_id(processor.tokenizer), 8 if device == "cuda" else None),
         callbacks=callbacks, normalizer=meta["normalizer"], lengths=encoded.lengths,
         projector_lr=settings.projector_learning_rate)
     if args.process_index == 0:
@@ -434,6 +470,5 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
             from ..plots import loss_curve
 
             log_figure(loss_curve(history), "training/loss_curve.png")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    _barrier()
     return TrainResult(final, summary, history)
