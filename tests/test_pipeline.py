@@ -100,3 +100,36 @@ def test_pipeline_model_on_mathv_local_and_served_alike(first_run, stack, tmp_pa
     # the test configuration's model is too small to say much on Math-V (it mostly stops at once);
     # test_eval_backends checks the same identity on a model that emits text for every problem
     assert all(line["id"] == p["pid"] for line, p in zip(local.predictions, problems))
+
+
+def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
+    """`model.base` (a llava-hf directory) and `train.mode: lora`: the data steps come from the cache,
+    the train step starts from the given base and registers a merged, plain llava-hf model."""
+    import run
+    import yaml
+    from transformers import LlavaForConditionalGeneration
+    from zenml.client import Client
+
+    from mathllava.train.tiny import TinyModelConfig, init_tiny
+
+    config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    params = config["parameters"]
+    base = init_tiny(tmp_path / "base", TinyModelConfig(**params["model"]["tiny"]), ["What is the value?"])
+    params["model"] = {"base": str(base)}
+    params["train"].update(mode="lora", lora={"r": 8, "alpha": 16})
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # ZenML cache keys depend on key order
+    info = run.main(["--config", str(path)])
+    assert {"select_images", "augment_questions", "export_training_data"} <= set(info["cached_steps"])
+    assert "train_model" not in info["cached_steps"] and info["model"] != first_run["model"]
+    steps = Client().get_pipeline_run(info["run"]).steps
+    assert steps["train_model"].outputs["base_model"][0].load() == str(base)
+    summary = steps["train_model"].outputs["train_summary"][0].load()
+    assert summary["mode"] == "lora" and summary["loss_last"] < summary["loss_first"]
+    model_dir = steps["train_model"].outputs["model_dir"][0].load()
+    merged = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with pytest.raises(SystemExit, match=r"train\.mode"):  # a bad value stops the run before any step
+        params["train"]["mode"] = "qlora"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))  # ZenML cache keys depend on key order
+        run.main(["--config", str(path)])

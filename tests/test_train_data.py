@@ -258,3 +258,21 @@ def test_encoded_data_reads_back_what_was_written(base, small_dataset, tmp_path)
     reopened = EncodedData(encoded.root)
     assert [reopened[i]["input_ids"].tolist() for i in range(5)] == [encoded[i]["input_ids"].tolist() for i in range(5)]
     assert (reopened.image_index >= 0).all() and reopened.pixels.shape[0] == reopened.meta["images"]
+
+
+def test_init_tiny_writes_a_llava_hf_checkpoint_with_its_chat_template(small_dataset, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mathllava import cli
+    from mathllava.conversation import VICUNA_TEMPLATE
+
+    out = tmp_path / "tiny"
+    assert cli.main(["model", "init-tiny", str(out), "--data", str(small_dataset)]) == 0
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.chat_template == VICUNA_TEMPLATE
+    assert model.config.image_token_index == processor.tokenizer.convert_tokens_to_ids("<image>")
+    question = json.loads(small_dataset.read_text())[0]["conversations"][0]["value"]
+    assert len(processor.tokenizer(question)["input_ids"]) < len(question) / 2  # trained on the data's text
+    assert cli.main(["model", "init-tiny", str(out)]) == 2  # never overwrites without --force
+    assert cli.main(["model", "init-tiny", str(tmp_path / "x"), "--data", str(tmp_path / "missing.json")]) == 2
