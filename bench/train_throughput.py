@@ -98,14 +98,14 @@ def bare_loop(base: Path, encoded, batch_size: int, steps: int, device: str, bf1
     from transformers import LlavaForConditionalGeneration
 
     from mathllava.train.data import normalize_pixels
-    from mathllava.train.runner import _make_trainer_class
+    from mathllava.train.trainer import trainer_classes
 
     model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32).to(device)
     for p in model.model.vision_tower.parameters():
         p.requires_grad = False
     model.config.use_cache = False
     model.train()
-    _, Collator = _make_trainer_class()
+    _, Collator = trainer_classes()
     batch = Collator(model.config.pad_token_id or 0, 8 if device == "cuda" else None)(
         [encoded[i] for i in range(batch_size)])
     batch["pixel_values"] = normalize_pixels(batch.pop("raw_pixels"), encoded.meta["normalizer"])

@@ -11,8 +11,8 @@ from mathllava.conversation import IGNORE_INDEX, conversation_text, prompt
 from mathllava.train.config import ModelSettings, TrainSettings, load_sections, parse
 from mathllava.train.data import DataError, encode_conversation, normalize_pixels, read_conversations
 from mathllava.train.encoded import EncodedData, ensure_encoded
-from mathllava.train.runner import (COMPLETE, RunConflict, check_output, complete_checkpoints,
-                                    remove_torn_checkpoints, _make_trainer_class)
+from mathllava.train.runner import RunConflict, check_output, complete_checkpoints, remove_torn_checkpoints
+from mathllava.train.trainer import COMPLETE, trainer_classes
 from mathllava.train.tiny import TinyModelConfig, init_tiny
 
 from conftest import ROOT
@@ -172,7 +172,7 @@ def test_collator_pads_with_ignore_and_the_loss_does_not_see_padding(base, small
     order = np.argsort(encoded.lengths)
     short, long = encoded[int(order[0])], encoded[int(order[-1])]
     assert len(short["input_ids"]) < len(long["input_ids"])
-    _, Collator = _make_trainer_class()
+    _, Collator = trainer_classes()
     batch = Collator(pad_id=3, multiple_of=8)([short, long])
     width = batch["input_ids"].shape[1]
     assert width % 8 == 0 and width >= len(long["input_ids"])

@@ -240,15 +240,15 @@ def test_group_by_length_batches_samples_of_similar_length(base, small_dataset, 
     from mathllava.train.config import TrainSettings
     from mathllava.train.data import read_conversations
     from mathllava.train.encoded import ensure_encoded
-    from mathllava.train.runner import _make_trainer_class, _training_args
+    from mathllava.train.trainer import trainer_classes, training_args
 
     records = read_conversations(small_dataset)
     records = [{**r, "conversations": r["conversations"] * (1 + i % 3)} for i, r in enumerate(records)]  # 1-3 turns
     encoded = ensure_encoded(small_dataset, records, small_dataset.parent / "images", base, 2048, tmp_path / "c",
                              workers=0, progress=False)
-    LlavaTrainer, Collator = _make_trainer_class()
+    LlavaTrainer, Collator = trainer_classes()
     for grouped in (True, False):
-        args = _training_args(tmp_path / f"o{grouped}", TrainSettings(group_by_length=grouped, batch_size=8),
+        args = training_args(tmp_path / f"o{grouped}", TrainSettings(group_by_length=grouped, batch_size=8),
                               "cpu", False, 0)
         trainer = LlavaTrainer(model=LlavaForConditionalGeneration.from_pretrained(base), args=args,
                                train_dataset=encoded, data_collator=Collator(0, None), normalizer={},
