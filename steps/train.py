@@ -8,6 +8,7 @@ from zenml.enums import ArtifactType
 from mathllava.formats import export_llava
 from mathllava.tracking import log_params
 from mathllava.train.config import ModelSettings, TrainSettings
+from mathllava.train.data import read_conversations
 from mathllava.train.launch import train
 from mathllava.train.tiny import init_tiny
 
@@ -38,10 +39,7 @@ def train_model(training_data: Path, model_cfg: dict, train_cfg: dict) -> Tuple[
     data = training_data / "conversations.json"
     base = model.base
     if base is None:  # the embedded default: a tiny base whose tokenizer knows the curated text
-        import json
-
-        records = json.loads(data.read_text(encoding="utf-8"))
-        texts = [turn["value"] for record in records for turn in record["conversations"]]
+        texts = [turn["value"] for record in read_conversations(data) for turn in record["conversations"]]
         base = str(init_tiny(out.parent / f"{out.name}-base", model.tiny, texts))
     if settings.cache_dir is None:
         settings = settings.model_copy(update={"cache_dir": str(state_dir() / "cache" / "encoded")})
