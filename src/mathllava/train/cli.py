@@ -47,30 +47,46 @@ def settings_from(args: argparse.Namespace):
     return base, train
 
 
+def _mlflow_run(rank0: bool, params: dict):
+    """Rank 0's MLflow run when MLFLOW_TRACKING_URI is set (MLFLOW_RUN_ID continues a given run,
+    which keeps its experiment and parameters); nothing otherwise."""
+    import contextlib
+
+    if not (rank0 and os.environ.get("MLFLOW_TRACKING_URI")):
+        return contextlib.nullcontext()
+    import mlflow
+
+    from ..tracking import log_params
+
+    @contextlib.contextmanager
+    def active():
+        continued = bool(os.environ.get("MLFLOW_RUN_ID"))
+        if not continued:
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mathllava-train"))
+        with mlflow.start_run(run_name=os.environ.get("MLFLOW_RUN_NAME")):
+            if not continued:
+                log_params(params)
+            yield
+
+    return active()
+
+
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     from .data import DataError
     from .runner import RunConflict, run_training
 
+    # DeepSpeed's ZeRO-3 collectives call torch.distributed names that torch has renamed: one warning per call
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     try:
         base, settings = settings_from(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    tracking = rank0 and bool(os.environ.get("MLFLOW_TRACKING_URI"))
     try:
-        if tracking:
-            import mlflow
-
-            from ..tracking import log_params
-
-            if not os.environ.get("MLFLOW_RUN_ID"):  # a given run keeps its own experiment
-                mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mathllava-train"))
-            with mlflow.start_run(run_name=os.environ.get("MLFLOW_RUN_NAME")):
-                if not os.environ.get("MLFLOW_RUN_ID"):  # a continued run has its parameters already
-                    log_params({"train": settings.model_dump(), "base": base, "data": args.data})
-                result = run_training(base, args.data, args.image_root, args.out, settings, resume=args.resume)
-        else:
+        with _mlflow_run(rank0, {"train": settings.model_dump(), "base": base, "data": args.data}):
             result = run_training(base, args.data, args.image_root, args.out, settings, resume=args.resume)
     except (RunConflict, DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -83,10 +99,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
-    # DeepSpeed's ZeRO-3 collectives call torch.distributed names that torch has renamed: one warning per call
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     parser = add_arguments(argparse.ArgumentParser(prog="python -m mathllava.train", description=__doc__,
                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
     return run(parser.parse_args(argv))

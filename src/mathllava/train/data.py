@@ -12,9 +12,9 @@ record whose first answer does not fit is dropped. Both are counted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..conversation import IGNORE_INDEX, TemplateError, conversation_text, turns_from_llava
 
@@ -146,17 +146,3 @@ def normalize_pixels(pixels, normalizer: dict, dtype=None):
     x = (x - mean) / std
     return x if dtype is None else x.to(dtype)
 
-
-@dataclass
-class EncodeStats:
-    records: int = 0
-    truncated: int = 0
-    dropped: int = 0
-    images: int = 0
-    tokens: int = 0
-    dropped_ids: list[str] = field(default_factory=list)
-
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

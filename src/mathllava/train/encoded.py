@@ -26,15 +26,15 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..ingest import UnsafePathError, resolve_image_path
-from .data import DataError, EncodeStats, encode_conversation, iter_chunks, pixel_normalizer, raw_pixels
+from .data import DataError, encode_conversation, pixel_normalizer, raw_pixels
 
 FORMAT = 1
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
@@ -42,9 +42,32 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "processor_config.
 INLINE_BELOW = 20_000  # records; smaller sets are encoded in this process (workers take seconds to start)
 
 
-def _file_digest(path: Path) -> str:
+@dataclass
+class EncodeStats:
+    records: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    images: int = 0
+    tokens: int = 0
+    dropped_ids: list[str] = field(default_factory=list)
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read once per (path, size, mtime): the run identity and the cache key both
+    need the training file's digest, and it can be hundreds of MB."""
+    st = Path(path).stat()
+    return _digest_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -54,10 +77,10 @@ def cache_key(data_path: Path, image_paths: list[Path], image_root: Path, model_
     """Digest of what the encoding depends on. Images count by their path under the image root, size
     and modification time, so a copy of the same folder (ZenML unpacks artifacts afresh) hits."""
     h = hashlib.sha256(f"format {FORMAT} max_length {max_length}\n".encode())
-    h.update(_file_digest(data_path).encode())
+    h.update(file_digest(data_path).encode())
     for name in PROCESSOR_FILES:
         if (model_dir / name).is_file():
-            h.update(f"{name}:{_file_digest(model_dir / name)}".encode())
+            h.update(f"{name}:{file_digest(model_dir / name)}".encode())
     root = image_root.resolve()
     for path in image_paths:
         st = path.stat()

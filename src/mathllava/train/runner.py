@@ -29,6 +29,7 @@ from typing import Callable
 from ..tracking import log_figure, log_metrics
 from .config import TrainSettings
 from .data import DataError, read_conversations
+from .encoded import ensure_encoded, file_digest
 from .trainer import COMPLETE, barrier, callbacks, single_process_env, trainer_classes, training_args
 
 IDENTITY_IGNORED = {"launcher", "nproc_per_node", "dataloader_workers", "encode_workers", "cache_dir", "device",
@@ -46,15 +47,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _digest(path: Path) -> str:
-    from .encoded import _file_digest
-
-    return _file_digest(path)[:16]
-
-
 def _identity(base: Path, data: Path, image_root: Path, settings: TrainSettings) -> dict:
     chosen = {k: v for k, v in settings.model_dump().items() if k not in IDENTITY_IGNORED}
-    return {"base": str(base.resolve()), "data": str(data.resolve()), "data_sha256": _digest(data),
+    return {"base": str(base.resolve()), "data": str(data.resolve()), "data_sha256": file_digest(data)[:16],
             "image_root": str(image_root.resolve()), "settings": chosen}
 
 
@@ -163,7 +158,6 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
     from transformers import set_seed
 
     from ..llava import check_model_dir, load_processor, resolve_device
-    from .encoded import ensure_encoded
 
     base, data, image_root, out = Path(base), Path(data), Path(image_root), Path(out)
     check_model_dir(base)
