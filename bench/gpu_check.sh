@@ -28,7 +28,7 @@ run)
   nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
   timeout 330 python3 bench/train_throughput.py --shape llava-336-tinyllama --device cuda --image-size 640x480 \
     --samples 1024 --images 1024 --words 80 --batch-size 16 --steps 40 --repeats 1 --workers 8 \
-    --deepspeed configs/deepspeed/zero3.json --json "$OUT/train_throughput.json" 2>&1 | tail -n 25 | tee "$OUT/train_throughput.txt"
+    --deepspeed configs/deepspeed/zero3.json --json "$OUT/train_throughput.json" 2>&1 | tee "$OUT/train_throughput.txt"
   python3 -c "
 import json, pathlib, sys
 sys.path.insert(0, 'bench'); from train_throughput import make_data

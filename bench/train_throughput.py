@@ -149,7 +149,7 @@ def project_path(base: Path, data: Path, image_root: Path, out: Path, batch_size
     config.write_text(yaml.safe_dump({"train": train}))
     subprocess.run([sys.executable, "-m", "mathllava.train", "--base", str(base), "--data", str(data),
                     "--image-root", str(image_root), "--out", str(out), "--config", str(config)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)},
+                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]), "OMP_NUM_THREADS": str(threads)},
                    stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())
     return {"samples_per_s": summary["steady_samples_per_s"], "tokens_per_sample": summary["mean_tokens"]}
