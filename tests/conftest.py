@@ -47,3 +47,76 @@ def small_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     path = generate(out, GeneratorConfig(n_images=96, seed=11, image_size=160, unclear_fraction=0.2))
     return path
+
+
+K8S_LOCAL = ROOT.parent / "shared" / "k8s-local"
+
+
+def _free_ports(count: int, stride: int = 1) -> int:
+    """A base port such that base, base+stride, ... are all free on 127.0.0.1."""
+    import random
+
+    for _ in range(200):
+        base = random.randint(20000, 40000)
+        try:
+            for i in range(count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + i * stride))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """A real kube-apiserver v1.20, kube-controller-manager (garbage collector, service accounts) and
+    etcd (../shared/k8s-local) on free ports, with the Kubeflow CRDs
+    and the torch-distributed ClusterTrainingRuntime installed. `make test` builds the binaries once
+    (outside the clone); without them the tests that use this skip and say why."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    prefix = Path(os.environ.get("K8S_LOCAL_PREFIX") or Path.home() / ".cache" / "k8s-local")
+    if not K8S_LOCAL.is_dir():
+        pytest.skip(f"no {K8S_LOCAL}: the local Kubernetes control plane is not available")
+    if not (prefix / "bin" / "kube-apiserver").exists():
+        log = prefix / "build.log"
+        why = log.read_text(errors="replace")[-800:] if log.exists() else "never built"
+        pytest.skip(f"kube-apiserver not built in {prefix} (`bash {K8S_LOCAL}/build.sh`, which `make test` runs): {why}")
+    run = tmp_path_factory.mktemp("k8s-run")
+    env = {**os.environ, "PREFIX": str(prefix), "RUN": str(run), "API_PORT": str(_free_ports(1)),
+           "ETCD_PORT": str(_free_ports(3, 10)), "KCM_PORT": str(_free_ports(1)), "WITH_KCM": "1"}
+    started = subprocess.run(["bash", str(K8S_LOCAL / "up.sh")], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        subprocess.run(["bash", str(K8S_LOCAL / "down.sh")], env=env)
+        pytest.fail(f"k8s-local up.sh failed:\n{started.stdout}\n{started.stderr}")
+    kubeconfig = run / "kubeconfig"
+    try:
+        subprocess.run([sys.executable, str(K8S_LOCAL / "install_crds.py")], env={**env, "KUBECONFIG": str(kubeconfig)},
+                       check=True, capture_output=True, text=True)
+        from kubernetes import config
+
+        yield SimpleNamespace(kubeconfig=kubeconfig, api=config.new_client_from_config(config_file=str(kubeconfig)),
+                              fake_kubelet=K8S_LOCAL / "fake_kubelet.py")
+    finally:
+        subprocess.run(["bash", str(K8S_LOCAL / "down.sh")], env=env)
+
+
+@pytest.fixture
+def namespace(kube, request):
+    """A fresh namespace per test (named after the test), once its default service account exists."""
+    import re
+    import time
+
+    from kubernetes import client
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + os.urandom(2).hex()
+    core = client.CoreV1Api(kube.api)
+    core.create_namespace({"metadata": {"name": name}})
+    deadline = time.monotonic() + 30
+    while not any(s.metadata.name == "default" and s.secrets for s in core.list_namespaced_service_account(name).items):
+        assert time.monotonic() < deadline, "the controller manager made no default service account"
+        time.sleep(0.1)
+    return name

@@ -9,6 +9,8 @@
     mathllava model init-tiny DIR [--data FILE] [--config FILE]
     mathllava train --base DIR --data FILE --image-root DIR --out DIR [--mode full|lora] [--deepspeed FILE]
                     [--epochs N] [--max-steps N] [--resume] [--config FILE] [--device auto|cpu|cuda]
+    mathllava k8s train --config FILE --kubeconfig FILE --namespace NS [--kind trainjob|pytorchjob]
+                        [--render] [--wait] [--timeout S]
 
 `eval run` settings may also come from a YAML file (--config); flags given on the command line win.
 """
@@ -246,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
 
     train = add_arguments(sub.add_parser("train", help="fine-tune a llava-hf base (see python -m mathllava.train)"))
     train.set_defaults(func=_train)
+
+    from .k8s.cli import register
+
+    register(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,74 @@
+"""`mathllava k8s train`: one distributed fine-tuning run as a Kubeflow job.
+
+    mathllava k8s train --config FILE --kubeconfig FILE --namespace NS [--kind trainjob|pytorchjob]
+                        [--render] [--wait] [--timeout S]
+
+--render prints the manifests as YAML (with a GPU-hours estimate as comments) and submits nothing.
+Otherwise the job is submitted and its kind/name printed; with --wait the command follows it and exits
+0 when it succeeds, 1 with the job's reason when it fails, 124 when it times out. Exit 2: a bad config
+or a refusal by the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="job settings (configs/k8s/train.yaml)")
+    parser.add_argument("--kubeconfig", required=True, help="kubeconfig file of the cluster")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--kind", choices=["trainjob", "pytorchjob"],
+                        help="TrainJob (Kubeflow Trainer v2) or PyTorchJob (Training Operator v1); default: job.kind")
+    parser.add_argument("--render", action="store_true", help="print the manifests and submit nothing")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    parser.add_argument("--timeout", type=float, help="seconds --wait waits (default: job.timeout_s)")
+    return parser
+
+
+def train(args: argparse.Namespace) -> int:
+    from .config import load_cluster_config
+    from .estimate import estimate
+    from .launcher import ClusterError, api_client, fit_runtime, run, submit
+    from .manifests import render
+
+    try:
+        config = load_cluster_config(args.config)
+        if args.timeout is not None and args.timeout <= 0:
+            raise ValueError("--timeout must be > 0")
+        rendered = render(config, args.namespace, kind=args.kind)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.render:
+        guess = estimate(config)
+        lines = guess.lines() if guess else ["estimate: none (set estimate.measured and a token count in the config)"]
+        print("".join(f"# {line}\n" for line in lines) + "---\n" + rendered.yaml(), end="")
+        return 0
+    kind_name = f"{rendered.job['kind']}/{rendered.name}"
+    try:
+        api = api_client(args.kubeconfig)
+        fit_runtime(api, rendered, config.job.runtime_job is not None, config.job.runtime_container is not None)
+        if not args.wait:
+            submit(api, rendered)
+            print(kind_name)
+            return 0
+        print(kind_name, flush=True)
+        timeout = args.timeout if args.timeout is not None else config.job.timeout_s
+        outcome = run(api, rendered, timeout, config.job.cleanup, log=lambda line: print(line, file=sys.stderr))
+    except ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if outcome.ok:
+        print(f"{kind_name} succeeded; the run is in {rendered.output} (model: {rendered.output}/model)")
+        return 0
+    print(f"error: {kind_name} {outcome.describe()}", file=sys.stderr)
+    return 124 if outcome.state == "timeout" else 1
+
+
+def register(sub) -> None:
+    """Add `k8s train` to the `mathllava` command."""
+    k8s = sub.add_parser("k8s", help="training on Kubernetes (Kubeflow)").add_subparsers(dest="action", required=True)
+    add_arguments(k8s.add_parser("train", help="submit a distributed training job", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)).set_defaults(func=train)
