@@ -55,13 +55,49 @@ def summary(run) -> dict:
 
 
 def check_config(path: str) -> None:
-    """Refuse a config whose model or train section is wrong before any step runs."""
-    from mathllava.train.config import load_sections
+    """Refuse a config whose model, train, cluster or schedule section is wrong before any step runs
+    (and before a schedule is sent anywhere)."""
+    import yaml
+
+    from mathllava.k8s.config import ClusterLaunch
+    from mathllava.schedule import ScheduleSettings, check_cronjob_settings
+    from mathllava.train.config import load_sections, parse
 
     try:
-        load_sections(path)
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        remote = "orchestrator.kubernetes" in (data.get("settings") or {})  # paths are the pods'
+        _model, train = load_sections(path, remote=remote)
+        cluster = (data.get("parameters") or {}).get("cluster")
+        if cluster is not None:
+            parse(ClusterLaunch, cluster, "parameters.cluster", path).job_config()
+        elif train.launcher == "kubeflow":
+            raise ValueError(f"{path}: train.launcher is kubeflow but parameters.cluster is not set")
+        if data.get("schedule") is not None:
+            parse(ScheduleSettings, data["schedule"], "schedule", path)
+            check_cronjob_settings((data.get("settings") or {}).get("orchestrator.kubernetes"),
+                                   f"{path}: settings.orchestrator.kubernetes of a scheduled run")
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def yaml_file(path: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def without_schedule(path: str) -> str:
+    """A copy of the run config without its schedule: block (ZenML reads schedules from the file)."""
+    import tempfile
+
+    import yaml
+
+    data = yaml_file(path)
+    data.pop("schedule", None)
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="run-once-", delete=False)
+    with handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+    return handle.name
 
 
 def print_summary(info: dict) -> None:
@@ -79,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--no-schedule", action="store_true",
+                        help="run once now, even if the config has a schedule: block")
     args = parser.parse_args(argv)
     check_config(args.config)
     from pipelines import mathllava_training
@@ -86,6 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     options = {"config_path": args.config}
     if args.no_cache:
         options["enable_cache"] = False
+    scheduled = bool((yaml_file(args.config)).get("schedule"))
+    if args.no_schedule and scheduled:
+        options["config_path"] = without_schedule(args.config)
+    elif scheduled:
+        mathllava_training.with_options(**options)()
+        print(f"scheduled: {yaml_file(args.config)['schedule']} (on the active stack's orchestrator)")
+        return {}
     run = mathllava_training.with_options(**options)()
     from zenml.client import Client
 

@@ -1,3 +1,5 @@
+from typing import Optional
+
 from zenml import pipeline
 
 from steps import (augment_questions, evaluate_model, export_training_data, generate_synthetic, ingest_sources,
@@ -6,7 +8,7 @@ from steps import (augment_questions, evaluate_model, export_training_data, gene
 
 @pipeline(name="mathllava_training")
 def mathllava_training(data: dict, validate: dict, select: dict, augment: dict, model: dict, train: dict,
-                       evaluate: dict, register: dict) -> None:
+                       evaluate: dict, register: dict, cluster: Optional[dict] = None) -> None:
     """ingest -> validate -> select -> augment -> export -> train -> evaluate -> register."""
     train_annotations, heldout_annotations = generate_synthetic(data=data)
     manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)
@@ -16,7 +18,8 @@ def mathllava_training(data: dict, validate: dict, select: dict, augment: dict, 
     selection, _scored, _selection_report = select_images(valid_manifest=valid, select=select)
     curated = augment_questions(selection=selection, augment_cfg=augment)
     training_data = export_training_data(curated_dataset=curated)
-    model_dir, base_model, _summary = train_model(training_data=training_data, model_cfg=model, train_cfg=train)
+    model_dir, base_model, _summary = train_model(training_data=training_data, model_cfg=model, train_cfg=train,
+                                                cluster_cfg=cluster)
     eval_report, _predictions = evaluate_model(model_dir=model_dir, base_model=base_model, curated_dataset=curated,
                                                heldout_manifest=heldout_manifest, evaluate_cfg=evaluate)
     register_model(model_dir=model_dir, curated_dataset=curated, eval_report=eval_report, register_cfg=register)

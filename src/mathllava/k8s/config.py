@@ -155,3 +155,17 @@ def load_cluster_config(path: str | Path, section: str | None = None) -> Cluster
     if section is not None:
         data = (data.get("parameters") or {}).get(section)
     return parse(ClusterTrainConfig, data, "", str(path))
+
+
+class ClusterLaunch(_Strict):
+    """The pipeline's `cluster` parameter, used when `train.launcher` is `kubeflow`: which job config
+    (a `mathllava k8s train` file; the pipeline's own `train` section replaces its `train`) and which
+    cluster. The step stages its inputs on the job's shared storage and waits for the job."""
+
+    config: str
+    namespace: str = "mathllava"
+    kubeconfig: str | None = None      # None: the step pod's own service account (in-cluster)
+    kind: Literal["trainjob", "pytorchjob"] | None = None  # None: the job config's job.kind
+
+    def job_config(self) -> ClusterTrainConfig:
+        return load_cluster_config(self.config)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .tiny import TinyModelConfig
 
@@ -53,7 +53,8 @@ class TrainSettings(_Strict):
     dataloader_workers: int | Literal["auto"] = "auto"  # auto: 2 per GPU process, none on CPU
     encode_workers: int | None = None              # processes that encode the data once (None: by size)
     cache_dir: str | None = None                   # encoded-data cache (default: <out>/encoded)
-    launcher: Literal["inprocess", "torchrun"] = "inprocess"  # how the pipeline's train step runs it
+    launcher: Literal["inprocess", "torchrun", "kubeflow"] = "inprocess"  # how the pipeline's train step runs it
+                                                   # (kubeflow: a TrainJob/PyTorchJob, see parameters.cluster)
     nproc_per_node: int = Field(1, gt=0)           # processes (GPUs) for the torchrun launcher
 
     @field_validator("save_total_limit")
@@ -87,8 +88,9 @@ class ModelSettings(_Strict):
 
     @field_validator("base")
     @classmethod
-    def _base_exists(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value and not (Path(value) / "config.json").is_file():
+    def _base_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        remote = bool(info.context and info.context.get("remote"))  # a path inside the cluster's pods
+        if value is not None and not remote and "://" not in value and not (Path(value) / "config.json").is_file():
             raise ValueError(f"{value!r} is not a llava-hf checkpoint directory (no config.json)")
         return value
 
@@ -102,17 +104,18 @@ def describe_error(err: ValidationError, prefix: str) -> str:
     return "; ".join(lines)
 
 
-def parse(cls: type[BaseModel], data: Any, prefix: str, source: str = "config"):
-    """Validate `data` as `cls`; a ValueError naming the source and each key's path on failure."""
+def parse(cls: type[BaseModel], data: Any, prefix: str, source: str = "config", remote: bool = False):
+    """Validate `data` as `cls`; a ValueError naming the source and each key's path on failure.
+    `remote`: paths name files inside a cluster's pods, not here."""
     try:
-        return cls.model_validate(data or {})
+        return cls.model_validate(data or {}, context={"remote": remote})
     except ValidationError as err:
         raise ValueError(f"{source}: {describe_error(err, prefix)}") from None
 
 
-def load_sections(path: str | Path) -> tuple[ModelSettings, TrainSettings]:
+def load_sections(path: str | Path, remote: bool = False) -> tuple[ModelSettings, TrainSettings]:
     """`model` and `train` from a YAML file: a pipeline run config (under `parameters`) or a file
-    with top-level `model` and `train` keys."""
+    with top-level `model` and `train` keys. `remote`: model paths are checked in the pods, not here."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such config file")
@@ -120,5 +123,5 @@ def load_sections(path: str | Path) -> tuple[ModelSettings, TrainSettings]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping")
     section = data.get("parameters", data)
-    return (parse(ModelSettings, section.get("model"), "model", str(path)),
+    return (parse(ModelSettings, section.get("model"), "model", str(path), remote),
             parse(TrainSettings, section.get("train"), "train", str(path)))

@@ -1,6 +1,6 @@
-"""How the pipeline's train step runs `mathllava train`: in its own process (one device), or as
-`torchrun --nproc_per_node N -m mathllava.train` on this machine, with rank 0 logging into the
-step's MLflow run."""
+"""How the pipeline's train step runs `mathllava train`: in its own process (one device), as
+`torchrun --nproc_per_node N -m mathllava.train` on this machine, or as a Kubeflow job on a cluster
+(`mathllava.k8s.remote`), with rank 0 logging into the step's MLflow run."""
 
 from __future__ import annotations
 
@@ -17,9 +17,19 @@ from .runner import TrainResult, run_training
 
 
 def train(base: str | Path, data: str | Path, image_root: str | Path, out: str | Path, settings: TrainSettings,
-          on_log=None) -> TrainResult:
+          on_log=None, cluster=None) -> TrainResult:
     if settings.launcher == "inprocess":
         return run_training(base, data, image_root, out, settings, on_log=on_log)
+    if settings.launcher == "kubeflow":
+        import mlflow
+
+        from ..k8s.remote import train_on_cluster
+
+        if cluster is None:
+            raise ValueError("train.launcher is kubeflow but the run config has no `cluster` parameter")
+        run = mlflow.active_run()
+        return train_on_cluster(cluster, base, data, image_root, out, settings,
+                                mlflow_run_id=run.info.run_id if run else None, tracking_uri=mlflow.get_tracking_uri())
     return torchrun(base, data, image_root, out, settings)
 
 
