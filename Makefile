@@ -18,8 +18,10 @@ export DS_ACCELERATOR ?= cpu
 # DeepSpeed JIT-compiles its CPU ops once (about a minute); keep them with the virtual environment
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 CONFIG ?= configs/local.yaml
+# the real Kubernetes control plane of the cluster tests: built once per machine, outside the clone
+K8S_LOCAL ?= $(CURDIR)/../shared/k8s-local
 
-.PHONY: run test test-fast bootstrap eval serve bench bench-train mlflow-stop dashboard clean
+.PHONY: run test test-fast k8s-local bootstrap eval serve bench bench-train mlflow-stop dashboard clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +37,19 @@ bootstrap: $(VENV)/.installed
 run: bootstrap
 	time $(PY) run.py --config $(CONFIG)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed k8s-local
 	$(PY) -m pytest -q
+
+# kube-apiserver + etcd (about 5 minutes the first time; a second call returns at once). If it cannot
+# be built, the tests that need it skip and say why.
+k8s-local:
+	@mkdir -p $(MATHLLAVA_HOME)
+	@if [ -d "$(K8S_LOCAL)" ]; then \
+	  echo "k8s-local: bash $(K8S_LOCAL)/build.sh (log: $(MATHLLAVA_HOME)/k8s-local-build.log)"; \
+	  bash "$(K8S_LOCAL)/build.sh" > "$(MATHLLAVA_HOME)/k8s-local-build.log" 2>&1 \
+	    && tail -n 1 "$(MATHLLAVA_HOME)/k8s-local-build.log" \
+	    || { echo "k8s-local could not be built; the cluster tests will skip:"; tail -n 5 "$(MATHLLAVA_HOME)/k8s-local-build.log"; }; \
+	else echo "no $(K8S_LOCAL): the cluster tests will skip"; fi
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
