@@ -2,7 +2,6 @@ import json
 import random
 from collections import defaultdict
 
-import pandas as pd
 import pytest
 from PIL import Image
 

@@ -4,12 +4,9 @@ there, so the tests play it: they create the job's pods (driven by the fake kube
 job's status."""
 
 import datetime
-import os
 import sys
 import threading
 import time
-
-from pathlib import Path
 
 import pytest
 import yaml
@@ -340,71 +337,13 @@ def test_submit_without_wait_prints_the_job_and_leaves_it_running(kube, namespac
     assert kind == "PyTorchJob" and Operator(kube, namespace, "pytorchjob").exists(name)
 
 
-# --- the pipeline's train step on a cluster, with an operator that runs the job's own script -------------------
-
-def _run_node_script(kube, namespace, kind, workdir):
-    """Play Kubeflow for one node: run the job's container script here, with the ConfigMap where the
-    pod would mount it and the job's environment, then report the outcome in the job's status."""
-    import subprocess
-
+def test_a_job_deleted_while_waiting_fails_the_wait(kube, namespace, tmp_path, capsys):
     from kubernetes import client
 
-    operator = Operator(kube, namespace, kind)
-    job = operator.job(timeout=60)
-    name = job["metadata"]["name"]
-    config_map = client.CoreV1Api(kube.api).read_namespaced_config_map(f"{name}-config", namespace)
-    (workdir / "etc").mkdir()
-    (workdir / "etc" / "train.yaml").write_text(config_map.data["train.yaml"])
-    trainer = job["spec"]["trainer"]
-    script = trainer["command"][2].replace("/etc/mathllava", str(workdir / "etc"))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-           **{e["name"]: e["value"] for e in trainer["env"] if "value" in e},
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    (workdir / "node.log").write_text(done.stdout + done.stderr)
-    if done.returncode == 0:
-        operator.condition(name, "Complete", "JobSetCompleted", "1/1 nodes succeeded")
-    else:
-        operator.condition(name, "Failed", "JobSetFailed", f"node-0 exited with code {done.returncode}")
-    return name, done
-
-
-@pytest.mark.slow
-def test_the_train_step_trains_through_a_trainjob_and_returns_the_model(kube, namespace, tmp_path, small_dataset):
-    """`train.launcher: kubeflow`: inputs staged on the shared volume, the TrainJob's own script runs
-    `mathllava train` under torchrun, and the trained model comes back as the step's output."""
-    from mathllava.k8s.config import ClusterLaunch
-    from mathllava.train.config import TrainSettings
-    from mathllava.train.launch import train
-    from mathllava.train.tiny import TinyModelConfig, init_tiny
-
-    shared = tmp_path / "shared"   # the PVC, mounted at the same path in the step and in the job
-    records = yaml.safe_load(small_dataset.read_text())
-    base = init_tiny(tmp_path / "base", TinyModelConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1,
-                                                        text_hidden=64, text_layers=1, text_intermediate=128,
-                                                        vocab_size=500),
-                     [t["value"] for r in records for t in r["conversations"]])
-    job_config = {"job": {"name": "step", "image": "registry.local/mathllava-ops:cpu", "gpus_per_node": 0,
-                          "shm_size": None, "cleanup": "always", "timeout_s": 600},
-                  "storage": {"pvc": "shared", "mount_path": str(shared), "base": f"{shared}/unused",
-                              "data": f"{shared}/unused.json", "image_root": f"{shared}/unused", "output": f"{shared}/runs"}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job_config))
-    launch = ClusterLaunch(config=str(tmp_path / "job.yaml"), namespace=namespace, kubeconfig=str(kube.kubeconfig))
-    settings = TrainSettings(epochs=1, max_steps=3, batch_size=8, learning_rate=0.003, device="cpu", logging_steps=1,
-                             launcher="kubeflow", cache_dir=str(tmp_path / "local-cache"))
-    box = {}
-    thread = threading.Thread(target=lambda: box.update(zip(("name", "done"), _run_node_script(
-        kube, namespace, "trainjob", tmp_path))), daemon=True)
-    thread.start()
-    result = train(base, small_dataset, small_dataset.parent / "images", tmp_path / "step-out", settings, cluster=launch)
+    path = write_config(tmp_path)
+    thread, result = run_cli(_args(kube, path, namespace, "--wait", "--timeout", "60"))
+    operator = Operator(kube, namespace, "trainjob")
+    name = operator.job()["metadata"]["name"]
+    client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(*TRAINJOB[:2], namespace, TRAINJOB[2], name)
     thread.join(timeout=30)
-    assert box["done"].returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
-    name = box["name"]
-    assert result.model_dir == shared / "runs" / name / "model"
-    assert (result.model_dir / "config.json").is_file() and result.summary["global_step"] == 3
-    assert result.summary["world_size"] == 1 and result.summary["samples"] == len(records)
-    staged = shared / "runs" / f"{name}-inputs"   # the step's inputs, put where the job reads them
-    assert (staged / "data.json").read_text() == small_dataset.read_text()
-    assert (staged / "base" / "config.json").is_file() and any((staged / "image_root").iterdir())
-    assert not Operator(kube, namespace, "trainjob").exists(name)  # cleanup: always
-    assert not (tmp_path / "local-cache").exists()  # the job encodes on its own storage, not the step's cache
+    assert result.get("rc") == 1 and f"TrainJob/{name} was deleted before it finished" in capsys.readouterr().err

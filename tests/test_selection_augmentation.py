@@ -1,9 +1,7 @@
 import json
 import random
 
-import pandas as pd
 import pytest
-from PIL import Image
 
 from mathllava import synthetic
 from mathllava.augmentation import AugmentConfig, augment, rule_rephrase, rule_underspecify

@@ -229,6 +229,8 @@ def wait(api, rendered: Rendered, timeout_s: float, log: Callable[[str], None] =
         version_seen = listed["metadata"]["resourceVersion"]
         objects = listed["items"]
         while True:
+            if objects == [None]:
+                return Outcome("failed", "Deleted", f"{kind}/{rendered.name} was deleted before it finished")
             for job in objects:
                 line = progress_of(job)
                 if line != last:
@@ -239,8 +241,6 @@ def wait(api, rendered: Rendered, timeout_s: float, log: Callable[[str], None] =
                     return Outcome(state, reason, message)
                 if state == "failed":
                     return Outcome(state, reason or "Failed", message, failed_pods(api, rendered))
-            if objects == [None]:
-                return Outcome("failed", "Deleted", f"{kind}/{rendered.name} was deleted before it finished")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Outcome("timeout", "Timeout", f"no end within {timeout_s:g} s; last seen: {last or 'submitted'}")
