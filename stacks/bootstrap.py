@@ -49,13 +49,19 @@ def load_stack(path: str | Path) -> dict:
     if not path.is_file():
         raise StackError(f"{path}: no such stack file")
     spec = expand(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
-    remote = spec["components"].get("orchestrator", {}).get("flavor") != "local"
-    for kind, comp in spec["components"].items():
-        for key, value in (comp.get("configuration") or {}).items():
-            if remote and SENSITIVE.search(key) and value and not REFERENCE.match(str(value)):
-                raise StackError(f"{path}: components.{kind}.configuration.{key} holds a literal credential; "
-                                 "refer to a ZenML secret as \"{{secret.key}}\" (see the secrets: block)")
+    if spec["components"].get("orchestrator", {}).get("flavor") != "local":
+        for kind, comp in spec["components"].items():
+            _no_literal_credentials(comp.get("configuration") or {}, f"components.{kind}.configuration", path)
     return spec
+
+
+def _no_literal_credentials(node, where: str, path) -> None:
+    for key, value in node.items() if isinstance(node, dict) else []:
+        if isinstance(value, dict):
+            _no_literal_credentials(value, f"{where}.{key}", path)
+        elif SENSITIVE.search(str(key).lower()) and value and not REFERENCE.match(str(value)):
+            raise StackError(f"{path}: {where}.{key} holds a literal credential; refer to a ZenML secret as "
+                             "\"{{secret.key}}\" (see the secrets: block)")
 
 
 def ensure_repository() -> None:
@@ -78,6 +84,9 @@ def register_secrets(spec: dict, source: str) -> list[str]:
             existing = client.get_secret(name)
         except KeyError:
             existing = None
+        if missing and len(missing) < len(keys):
+            raise StackError(f"{source}: secret {name!r} is half set: {', '.join('$' + m for m in missing)} missing "
+                             "from the environment (set all of its variables, or none to keep the stored secret)")
         if missing:
             if existing is None:
                 raise StackError(f"{source}: secret {name!r} needs {', '.join('$' + m for m in missing)} in the "

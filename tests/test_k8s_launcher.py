@@ -13,8 +13,8 @@ import yaml
 
 from conftest import K8S_LOCAL, ROOT
 from mathllava.cli import main
-from mathllava.k8s.config import ClusterTrainConfig, load_cluster_config
-from mathllava.k8s.manifests import POD_SELECTOR, TRAINJOB, PYTORCHJOB, render
+from mathllava.k8s.config import load_cluster_config
+from mathllava.k8s.manifests import TRAINJOB, PYTORCHJOB, render
 
 ZERO3 = str(ROOT / "configs" / "deepspeed" / "zero3.json")
 
@@ -87,7 +87,14 @@ def test_render_pytorchjob_has_a_master_and_workers_and_the_same_script(tmp_path
     container = specs["Worker"]["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["resources"]["requests"] == {"cpu": "16", "memory": "64Gi"}
-    assert "--nnodes=${PET_NNODES:-3}" in container["command"][2]
+    script = container["command"][2].splitlines()
+    assert script[1].startswith('[ -n "${PET_NODE_RANK:-${RANK:-}}" ] || {')  # 3 nodes: no rank, no start
+    torchrun = next(line for line in script if line.startswith("torchrun"))
+    assert torchrun.split(" -m mathllava.train")[0] == (
+        "torchrun --nnodes=${PET_NNODES:-3} --nproc-per-node=8 --node-rank=${PET_NODE_RANK:-${RANK:-0}}"
+        " --master-addr=${PET_MASTER_ADDR:-${MASTER_ADDR:-127.0.0.1}}"
+        " --master-port=${PET_MASTER_PORT:-${MASTER_PORT:-29500}}")
+    assert specs["Worker"]["restartPolicy"] == "Never" and job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mathllava:5000" and env["NCCL_DEBUG"] == "INFO"
     volumes = {v["name"]: v for v in specs["Master"]["template"]["spec"]["volumes"]}
@@ -125,6 +132,8 @@ def test_stage_copies_folders_both_ways(tmp_path):
     ({"gpus_per_node": "eight"}, {}, "job.gpus_per_node"),
     ({"memory": "lots"}, {}, "job.memory"),
     ({"name": "Bad_Name"}, {}, "job.name"),
+    ({"name": "7b-run"}, {}, "job.name"),
+    ({"image_pull_secrets": ["regcred"]}, {}, "job.image_pull_secrets: a TrainJob cannot set them"),
     ({}, {"base": "models/base"}, "base: 'models/base' must be an absolute path"),
     ({}, {"data": "/elsewhere/train.json"}, "is not under the PVC's mount_path"),
 ])
@@ -150,6 +159,10 @@ def kubelet(kube):
     yield
     stop.set()
     thread.join(timeout=10)
+
+
+# the label each operator really puts on a job's pods (JobSet for Trainer v2; Training Operator v1)
+OPERATOR_POD_LABEL = {"trainjob": "jobset.sigs.k8s.io/jobset-name", "pytorchjob": "training.kubeflow.org/job-name"}
 
 
 def _now():
@@ -188,7 +201,7 @@ class Operator:
 
     def pod(self, name, exit_code=0):
         pod = self.core.create_namespaced_pod(self.namespace, {
-            "metadata": {"name": f"{name}-node-0-0", "labels": {POD_SELECTOR[self.kind]: name},
+            "metadata": {"name": f"{name}-node-0-0", "labels": {OPERATOR_POD_LABEL[self.kind]: name},
                          "annotations": {"fake-kubelet/exit-code": str(exit_code)}},
             "spec": {"containers": [{"name": "node", "image": "registry.local/mathllava-ops:test"}]}})
         deadline = time.monotonic() + 30
@@ -245,7 +258,6 @@ def test_jobs_are_accepted_by_the_real_crds_unchanged(kube, namespace, tmp_path,
     config_map = client.CoreV1Api(kube.api).read_namespaced_config_map(f"{rendered.name}-config", namespace)
     assert config_map.metadata.owner_references[0].uid == created["metadata"]["uid"]
     assert config_map.metadata.labels["app.kubernetes.io/part-of"] == "mathllava-ops"
-    assert ClusterTrainConfig  # the settings the pods read parse back into the same TrainSettings
     assert yaml.safe_load(config_map.data["train.yaml"])["train"] == config.train.model_dump(mode="json")
 
 
@@ -347,3 +359,16 @@ def test_a_job_deleted_while_waiting_fails_the_wait(kube, namespace, tmp_path, c
     client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(*TRAINJOB[:2], namespace, TRAINJOB[2], name)
     thread.join(timeout=30)
     assert result.get("rc") == 1 and f"TrainJob/{name} was deleted before it finished" in capsys.readouterr().err
+
+
+def test_only_transient_errors_keep_the_wait_going():
+    import urllib3
+    from kubernetes import client
+
+    from mathllava.k8s.launcher import _transient
+
+    assert _transient(urllib3.exceptions.ProtocolError("connection reset"))
+    assert _transient(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"))
+    assert _transient(client.ApiException(status=503)) and _transient(client.ApiException(status=429))
+    assert not _transient(client.ApiException(status=403)) and not _transient(client.ApiException(status=404))
+    assert not _transient(KeyError("status"))

@@ -73,11 +73,14 @@ print(json.dumps({"name": stack.name, "components": comps, "secrets": secrets}))
     text = (ROOT / "stacks" / "kubernetes.yaml").read_text()
     assert "s3-secret-from-env" not in text and "{{mathllava_s3.aws_secret_access_key}}" in text
 
-    # a second run without the variables keeps the stored secrets
-    env2 = {k: v for k, v in env.items() if k not in ("AWS_SECRET_ACCESS_KEY",)}
+    # a second run without the variables keeps the stored secret; with half of them it is refused
+    env2 = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     again = subprocess.run([sys.executable, "-m", "stacks.bootstrap", "stacks/kubernetes.yaml"], cwd=root, env=env2,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "mathllava_s3 (kept)" in again.stdout, again.stderr
+    half = subprocess.run([sys.executable, "-m", "stacks.bootstrap", "stacks/kubernetes.yaml"], cwd=root,
+                          env={**env2, "AWS_ACCESS_KEY_ID": "AKIANEW"}, capture_output=True, text=True, timeout=300)
+    assert half.returncode != 0 and "$AWS_SECRET_ACCESS_KEY missing" in half.stderr
 
 
 def test_bootstrap_refuses_literal_credentials_and_names_missing_variables(tmp_path):
@@ -91,6 +94,11 @@ def test_bootstrap_refuses_literal_credentials_and_names_missing_variables(tmp_p
     os.environ.update(STACK_ENV)
     try:
         with pytest.raises(StackError, match=r"components\.artifact_store\.configuration\.secret holds a literal"):
+            load_stack(path)
+        spec["components"]["artifact_store"]["configuration"]["secret"] = "{{mathllava_s3.aws_secret_access_key}}"
+        spec["components"]["artifact_store"]["configuration"]["client_kwargs"]["aws_secret_access_key"] = "hunter2"
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(StackError, match=r"configuration\.client_kwargs\.aws_secret_access_key holds a literal"):
             load_stack(path)
         del os.environ["MATHLLAVA_REGISTRY"]
         with pytest.raises(StackError, match=r"\$\{MATHLLAVA_REGISTRY\} is not set"):
@@ -208,6 +216,7 @@ def test_the_schedule_becomes_a_cronjob_that_forbids_overlap():
 
 @pytest.mark.parametrize("expression, ok", [
     ("0 3 * * *", True), ("*/15 9-17 * * 1-5", True), ("@daily", True), ("0 3  * * *", True),
+    ("0 3 * JUL WED", True), ("30 2 * * MON-FRI", True), ("0 0 LW * *", False),
     ("61 * * * *", False), ("0 3 * *", False), ("0 3 L * *", False), ("0 0 * * 5#2", False),
     ("TZ=UTC 0 3 * * *", False), ("every day", False),
 ])

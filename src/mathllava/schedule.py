@@ -4,6 +4,7 @@ sent. On the Kubernetes orchestrator a schedule becomes a CronJob, which must no
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -26,8 +27,11 @@ def validate_cron(expression: str) -> str:
     if len(fields) != 5:
         raise ValueError(f"{expression!r}: a cron expression has 5 fields (minute hour day-of-month month "
                          f"day-of-week), not {len(fields)}")
-    if any(c in text for c in "LW#?"):
-        raise ValueError(f"{expression!r}: L, W, # and ? are Quartz extensions that Kubernetes does not take")
+    for field in fields:
+        bare = re.sub(r"JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|SUN|MON|TUE|WED|THU|FRI|SAT", "",
+                      field.upper())
+        if any(c in bare for c in "LW#?"):
+            raise ValueError(f"{expression!r}: {field!r} uses L, W, # or ?, Quartz extensions Kubernetes does not take")
     try:
         CronSim(text, datetime(2026, 1, 1))
     except CronSimError as err:

@@ -35,9 +35,15 @@ def train(args: argparse.Namespace) -> int:
 
     try:
         config = load_cluster_config(args.config)
-        if args.timeout is not None and args.timeout <= 0:
-            raise ValueError("--timeout must be > 0")
-        rendered = render(config, args.namespace, kind=args.kind)
+        if args.timeout is not None:
+            if args.timeout <= 0:
+                raise ValueError("--timeout must be > 0")
+            # the job's own deadline (PyTorchJob activeDeadlineSeconds) follows the wait's
+            config = config.model_copy(update={"job": config.job.model_copy(update={"timeout_s": args.timeout})})
+        try:
+            rendered = render(config, args.namespace, kind=args.kind)
+        except ValueError as err:
+            raise ValueError(f"{args.config}: {err}") from None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,10 +61,18 @@ def train(args: argparse.Namespace) -> int:
             print(kind_name)
             return 0
         print(kind_name, flush=True)
-        timeout = args.timeout if args.timeout is not None else config.job.timeout_s
-        outcome = run(api, rendered, timeout, config.job.cleanup, log=lambda line: print(line, file=sys.stderr))
+        outcome = run(api, rendered, config.job.timeout_s, config.job.cleanup,
+                      log=lambda line: print(line, file=sys.stderr))
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # an unreadable kubeconfig, an unreachable server
+        from kubernetes.config import ConfigException
+        from urllib3.exceptions import HTTPError
+
+        if not isinstance(err, (ConfigException, HTTPError, OSError)):
+            raise
+        print(f"error: cannot reach the cluster of {args.kubeconfig}: {err}", file=sys.stderr)
         return 2
     if outcome.ok:
         print(f"{kind_name} succeeded; the run is in {rendered.output} (model: {rendered.output}/model)")

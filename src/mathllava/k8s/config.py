@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..train.config import TrainSettings, parse
 
 PART_OF = {"app.kubernetes.io/part-of": "mathllava-ops"}
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: the operators name Services after jobs
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
 
 
@@ -58,7 +58,8 @@ class JobSettings(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if len(value) > 45 or not _DNS_LABEL.match(value):
-            raise ValueError("must be a DNS label of at most 45 characters (lower case, digits, '-')")
+            raise ValueError("must be a DNS-1035 label of at most 45 characters (a lower-case letter first, then "
+                             "lower case, digits, '-')")
         return value
 
     @field_validator("cpu", "memory", "shm_size")

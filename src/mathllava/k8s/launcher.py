@@ -111,7 +111,10 @@ def submit(api, rendered: Rendered) -> dict:
     except client.ApiException as err:
         raise api_error(err, f"creating ConfigMap {rendered.name}-config in {rendered.namespace!r}") from None
     try:
-        created = custom.create_namespaced_custom_object(group, version, rendered.namespace, plural, rendered.job)
+        # Strict: a server that validates fields refuses what its CRD does not know (v1.20 ignores this
+        # and prunes instead; the tests read the job back to catch that)
+        created = custom.create_namespaced_custom_object(group, version, rendered.namespace, plural, rendered.job,
+                                                         field_validation="Strict")
     except client.ApiException as err:
         _delete_config_map(core, rendered)
         if err.status == 404:
@@ -121,8 +124,12 @@ def submit(api, rendered: Rendered) -> dict:
         raise api_error(err, f"the API server refused {kind} {rendered.name}") from None
     owner = {"apiVersion": f"{group}/{version}", "kind": kind, "name": rendered.name,
              "uid": created["metadata"]["uid"], "blockOwnerDeletion": False}
-    core.patch_namespaced_config_map(f"{rendered.name}-config", rendered.namespace,
-                                     {"metadata": {"ownerReferences": [owner]}})
+    try:
+        core.patch_namespaced_config_map(f"{rendered.name}-config", rendered.namespace,
+                                         {"metadata": {"ownerReferences": [owner]}})
+    except client.ApiException as err:
+        delete(api, rendered)
+        raise api_error(err, f"linking ConfigMap {rendered.name}-config to its job") from None
     return created
 
 
@@ -208,60 +215,91 @@ class PodReporter(threading.Thread):
 def failed_pods(api, rendered: Rendered) -> list[str]:
     from kubernetes import client
 
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        rendered.namespace, label_selector=f"{POD_SELECTOR[rendered.kind]}={rendered.name}").items
+    try:
+        pods = client.CoreV1Api(api).list_namespaced_pod(
+            rendered.namespace, label_selector=f"{POD_SELECTOR[rendered.kind]}={rendered.name}").items
+    except Exception as err:  # the job's own reason is what matters; the pods only add detail
+        return [f"(pods not listed: {err})"]
     return [_pod_line(p) for p in pods if p.status.phase == "Failed"]
 
 
+def _transient(err: BaseException) -> bool:
+    """A dropped connection, a timeout or an overloaded server: worth reconnecting, never a reason to
+    give up on (and clean up) a running job."""
+    import urllib3
+    from kubernetes import client
+
+    if isinstance(err, client.ApiException):
+        return err.status in (0, 429) or err.status >= 500
+    return isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
 def wait(api, rendered: Rendered, timeout_s: float, log: Callable[[str], None] = print) -> Outcome:
-    """Follow the job through a watch on it until it succeeds, fails or `timeout_s` passes."""
+    """Follow the job through a watch on it until it succeeds, fails, disappears or `timeout_s`
+    passes. Dropped watches and transient API errors reconnect (listing again); they never end it."""
     from kubernetes import client, watch
 
     custom = client.CustomObjectsApi(api)
     group, version, plural, kind = rendered.api
+    selector = f"metadata.name={rendered.name}"
     deadline = time.monotonic() + timeout_s
     reporter = PodReporter(api, rendered, log)
     reporter.start()
-    last = ""
+    last, version_seen, job = "", None, None
+    gone = Outcome("failed", "Deleted", f"{kind}/{rendered.name} was deleted before it finished")
     try:
-        listed = custom.list_namespaced_custom_object(group, version, rendered.namespace, plural,
-                                                      field_selector=f"metadata.name={rendered.name}")
-        version_seen = listed["metadata"]["resourceVersion"]
-        objects = listed["items"]
         while True:
-            if objects == [None]:
-                return Outcome("failed", "Deleted", f"{kind}/{rendered.name} was deleted before it finished")
-            for job in objects:
-                line = progress_of(job)
-                if line != last:
-                    log(f"{kind}/{rendered.name}: {line}")
-                    last = line
-                state, reason, message = state_of(job)
-                if state == "succeeded":
-                    return Outcome(state, reason, message)
-                if state == "failed":
-                    return Outcome(state, reason or "Failed", message, failed_pods(api, rendered))
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return Outcome("timeout", "Timeout", f"no end within {timeout_s:g} s; last seen: {last or 'submitted'}")
-            objects = []
             try:
+                if version_seen is None:   # (re)start from a list: the job's state now, and where to watch from
+                    listed = custom.list_namespaced_custom_object(group, version, rendered.namespace, plural,
+                                                                  field_selector=selector)
+                    if not listed["items"]:
+                        return gone
+                    version_seen, job = listed["metadata"]["resourceVersion"], listed["items"][0]
+                if job is not None:
+                    line = progress_of(job)
+                    if line != last:
+                        log(f"{kind}/{rendered.name}: {line}")
+                        last = line
+                    state, reason, message = state_of(job)
+                    if state == "succeeded":
+                        return Outcome(state, reason, message)
+                    if state == "failed":
+                        return Outcome(state, reason or "Failed", message, failed_pods(api, rendered))
+                    job = None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Outcome("timeout", "Timeout",
+                                   f"no end within {timeout_s:g} s; last seen: {last or 'submitted'}")
                 for event in watch.Watch().stream(custom.list_namespaced_custom_object, group, version,
-                                                  rendered.namespace, plural,
-                                                  field_selector=f"metadata.name={rendered.name}",
+                                                  rendered.namespace, plural, field_selector=selector,
                                                   resource_version=version_seen,
                                                   timeout_seconds=max(1, min(int(remaining + 0.999), 60)),
                                                   _request_timeout=max(5, min(remaining, 60) + 10)):
+                    if event["type"] == "ERROR":   # e.g. 410 Gone: the watched version is too old
+                        version_seen = None
+                        break
+                    if event["type"] == "DELETED":
+                        return gone
                     job = event["object"]
                     version_seen = job["metadata"]["resourceVersion"]
-                    objects = [None] if event["type"] == "DELETED" else [job]
                     break
             except client.ApiException as err:
-                if err.status != 410:      # resourceVersion too old: list again
+                if err.status == 410:
+                    version_seen = None
+                elif _transient(err):
+                    log(f"({kind}/{rendered.name}: API server answered {err.status}; reconnecting)")
+                    version_seen = None
+                    time.sleep(min(2.0, max(0.0, remaining)))
+                else:
                     raise api_error(err, f"watching {kind}/{rendered.name}") from None
-                listed = custom.list_namespaced_custom_object(group, version, rendered.namespace, plural,
-                                                              field_selector=f"metadata.name={rendered.name}")
-                version_seen, objects = listed["metadata"]["resourceVersion"], listed["items"]
+            except Exception as err:
+                if not _transient(err):
+                    raise
+                log(f"({kind}/{rendered.name}: watch interrupted: {err}; reconnecting)")
+                version_seen = None
+                time.sleep(min(2.0, max(0.0, remaining)))
     finally:
         reporter.stop.set()
         reporter.join(timeout=5)

@@ -77,6 +77,9 @@ def node_script(config: ClusterTrainConfig, name: str) -> str:
             lines.append(f"python -m mathllava.k8s.stage fetch {shlex.quote(uri)} {_local(uri, slot)}")
     out = f"{WORKSPACE}/out/{name}" if s.output.startswith("s3://") else f"{s.output.rstrip('/')}/{name}"
     n = config.job.nodes
+    if n > 1:  # without the operator's rank every node would be rank 0 and wait for the others forever
+        lines.append('[ -n "${PET_NODE_RANK:-${RANK:-}}" ] || { echo "no node rank (PET_NODE_RANK or RANK) from '
+                     'the operator: is this the runtime\'s trainer container?" >&2; exit 1; }')
     lines.append(
         "torchrun"
         f" --nnodes=${{PET_NNODES:-{n}}} --nproc-per-node={nproc(config)}"
@@ -173,6 +176,9 @@ def render(config: ClusterTrainConfig, namespace: str, kind: str | None = None, 
         "serviceAccountName": config.job.service_account, "volumes": volumes,
         "imagePullSecrets": [{"name": s} for s in config.job.image_pull_secrets] or None}.items() if v is not None}
     if kind == "trainjob":
+        if config.job.image_pull_secrets:
+            raise ValueError("job.image_pull_secrets: a TrainJob cannot set them (its pod overrides have no such "
+                             "field); give them to the service account (job.service_account) instead")
         job = _trainjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts)
     elif kind == "pytorchjob":
         job = _pytorchjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts)
@@ -212,7 +218,9 @@ def _pytorchjob(config, name, namespace, labels, command, env, env_from, pod_spe
         container["resources"] = resources
 
     def replica(count: int) -> dict:
-        return {"replicas": count, "restartPolicy": "OnFailure",
+        # a crashed node is not restarted in place (a fixed-size rendezvous cannot take it back): the
+        # job fails, and its running pods are removed so no GPU stays held
+        return {"replicas": count, "restartPolicy": "Never",
                 "template": {"metadata": {"labels": labels}, "spec": {**pod_spec, "containers": [container]}}}
 
     specs = {"Master": replica(1)}
@@ -221,5 +229,5 @@ def _pytorchjob(config, name, namespace, labels, command, env, env_from, pod_spe
     return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": {"nprocPerNode": str(nproc(config)), "pytorchReplicaSpecs": specs,
-                     "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": 0,
-                                   "activeDeadlineSeconds": int(config.job.timeout_s)}}}
+                     "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0,
+                                   "activeDeadlineSeconds": max(1, int(config.job.timeout_s))}}}
