@@ -12,7 +12,7 @@ from typing import Callable
 from ..train.config import TrainSettings
 from ..train.runner import TrainResult
 from .config import ClusterLaunch, StorageSettings
-from .launcher import ClusterError, api_client, fit_runtime, run
+from .launcher import ClusterError, api_client, fit_runtime, run, should_delete
 from .manifests import job_name, render
 from .stage import fetch, upload
 
@@ -67,6 +67,9 @@ def train_on_cluster(launch: ClusterLaunch, base, data, image_root, out: str | P
     api = api_client(launch.kubeconfig)
     fit_runtime(api, rendered, config.job.runtime_job is not None, config.job.runtime_container is not None)
     outcome = run(api, rendered, config.job.timeout_s, config.job.cleanup, log)
+    staged = Path(f"{config.storage.output.rstrip('/')}/{name}-inputs")
+    if should_delete(config.job.cleanup, outcome) and not str(staged).startswith("s3:") and staged.is_dir():
+        shutil.rmtree(staged)  # the copies go with the job; the run's own folder stays
     if not outcome.ok:
         raise ClusterError(f"{rendered.job['kind']}/{name} {outcome.describe()}")
     run_dir = Path(out)
