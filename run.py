@@ -80,6 +80,29 @@ def check_config(path: str) -> None:
         raise SystemExit(f"error: {err}") from None
 
 
+def schedule(config: str, pipeline, options: dict) -> dict:
+    """The config's schedule: a ZenML schedule on an orchestrator that has a scheduler (Kubernetes: a
+    CronJob), else a cron entry on this machine (`mathllava schedule`)."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    block = yaml_file(config)["schedule"]
+    flavor = Client().active_stack_model.components[StackComponentType.ORCHESTRATOR][0].flavor_name
+    if flavor == "local":
+        from mathllava import localcron
+
+        name = block.get("name") or f"mathllava-{Path(config).stem}"
+        try:
+            entry = localcron.create(name, block["cron_expression"], config, ROOT)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        print(f"scheduled on this machine: cron entry {entry.name} ({entry.cron}); `mathllava schedule list`")
+    else:
+        pipeline.with_options(**options)()
+        print(f"scheduled on the {flavor} orchestrator: {block}; `zenml pipeline schedule list`")
+    return {"schedule": block, "orchestrator": flavor}
+
+
 def yaml_file(path: str) -> dict:
     import yaml
 
@@ -128,9 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.no_schedule and scheduled:
         options["config_path"] = without_schedule(args.config)
     elif scheduled:
-        mathllava_training.with_options(**options)()
-        print(f"scheduled: {yaml_file(args.config)['schedule']} (on the active stack's orchestrator)")
-        return {}
+        return schedule(args.config, mathllava_training, options)
     run = mathllava_training.with_options(**options)()
     from zenml.client import Client
 

@@ -9,6 +9,7 @@
     mathllava model init-tiny DIR [--data FILE] [--config FILE]
     mathllava train --base DIR --data FILE --image-root DIR --out DIR [--mode full|lora] [--deepspeed FILE]
                     [--epochs N] [--max-steps N] [--resume] [--config FILE] [--device auto|cpu|cuda]
+    mathllava schedule create --cron "0 3 * * *" --config FILE [--name NAME] | list | delete NAME
     mathllava k8s train --config FILE --kubeconfig FILE --namespace NS [--kind trainjob|pytorchjob]
                         [--render] [--wait] [--timeout S]
 
@@ -178,6 +179,38 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    from . import localcron
+
+    try:
+        if args.action == "create":
+            from .schedule import schedule_of
+
+            block = schedule_of(args.config)
+            cron = args.cron or (block.cron_expression if block else None)
+            if not cron:
+                raise ValueError(f"give --cron, or a schedule: block with cron_expression in {args.config}")
+            name = args.name or (block.name if block and block.name else f"mathllava-{Path(args.config).stem}")
+            entry = localcron.create(name, cron, args.config, args.workdir, args.crontab)
+            print(f"schedule {entry.name}: {entry.cron}, next run {entry.next_run():%Y-%m-%d %H:%M}; "
+                  f"log: {localcron.state_home(args.workdir) / 'schedules' / (entry.name + '.log')}")
+        elif args.action == "list":
+            rows = localcron.entries(args.crontab)
+            for entry in rows:
+                print(f"{entry.name}\t{entry.cron}\tnext {entry.next_run():%Y-%m-%d %H:%M}\t{entry.config}")
+            if not rows:
+                print("no schedules")
+        elif args.action == "delete":
+            localcron.delete(args.name, args.crontab)
+            print(f"schedule {args.name} deleted")
+        else:
+            return localcron.run_scheduled(args.name, args.config, args.workdir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train.cli import run
 
@@ -252,6 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     from .k8s.cli import register
 
     register(sub)
+
+    sched = sub.add_parser("schedule", help="pipeline runs on a schedule on this machine (cron)") \
+        .add_subparsers(dest="action", required=True)
+    create = sched.add_parser("create", help="install a cron entry that runs the pipeline under a lock")
+    create.add_argument("--cron", help="cron expression (default: the config's schedule.cron_expression)")
+    create.add_argument("--config", required=True, help="run config, e.g. configs/local.yaml")
+    create.add_argument("--name", help="default: the config's schedule.name, else mathllava-<config name>")
+    create.add_argument("--workdir", default=".", help="the project folder (holds the Makefile)")
+    listing = sched.add_parser("list", help="the installed schedules and their next runs")
+    delete = sched.add_parser("delete", help="remove a schedule")
+    delete.add_argument("name")
+    runner = sched.add_parser("run", help="what the cron entry runs: one locked pipeline run")
+    runner.add_argument("--name", required=True)
+    runner.add_argument("--config", required=True)
+    runner.add_argument("--workdir", default=".")
+    for p in (create, listing, delete, runner):
+        p.add_argument("--crontab", help="a crontab file to edit instead of the user's own (crontab command)")
+        p.set_defaults(func=_schedule)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -69,3 +70,17 @@ def check_cronjob_settings(settings: dict | None, where: str) -> None:
             problems.append(f"{key} must be set (a bounded history of Jobs)")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def schedule_of(path: str | Path) -> ScheduleSettings | None:
+    """The `schedule:` block of a run config, checked; None when it has none."""
+    import yaml
+
+    from .train.config import parse
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    block = data.get("schedule") if isinstance(data, dict) else None
+    return None if block is None else parse(ScheduleSettings, block, "schedule", str(path))

@@ -1,0 +1,124 @@
+"""`mathllava schedule create|list|delete` on one machine: cron entries in the real crontab format
+(python-crontab, on a crontab file), cron checked before anything is written, and the entry's
+command running the pipeline under a lock that refuses an overlapping run."""
+
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+from mathllava.cli import main
+from mathllava.localcron import BUSY
+
+
+def _project(tmp_path, seconds=0.0):
+    """A project folder whose `make run` records each run (the scheduled command calls `make run`)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "Makefile").write_text(f"run:\n\tsleep {seconds}\n\techo \"$(CONFIG) $(RUN_ARGS)\" >> runs.txt\n")
+    config = work / "nightly.yaml"
+    config.write_text(yaml.safe_dump({"schedule": {"cron_expression": "15 2 * * MON-FRI", "name": "nightly"},
+                                      "parameters": {}}))
+    return work, config
+
+
+def _lines(tab):
+    return [line for line in tab.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_create_list_delete_in_the_crontab_format(tmp_path, capsys):
+    from cronsim import CronSim
+    from crontab import CronTab
+
+    work, config = _project(tmp_path)
+    tab = tmp_path / "crontab"
+    assert main(["schedule", "create", "--cron", "0 3 * * *", "--config", str(config), "--name", "daily",
+                 "--workdir", str(work), "--crontab", str(tab)]) == 0
+    assert main(["schedule", "create", "--config", str(config), "--workdir", str(work), "--crontab", str(tab)]) == 0
+    lines = _lines(tab)
+    assert len(lines) == 2
+    for line in lines:   # five cron fields, a command, our marker: what cron itself reads
+        fields = line.split()
+        CronSim(" ".join(fields[:5]), __import__("datetime").datetime(2026, 1, 1))
+        assert f"schedule run --name {line.rsplit('mathllava-schedule:', 1)[1]}" in line
+        assert f"--config {config} --workdir {work}" in line
+    assert lines[1].startswith("15 2 * * MON-FRI ")  # from the config's schedule: block, with its name
+    assert {job.comment for job in CronTab(tabfile=str(tab))} == {"mathllava-schedule:daily", "mathllava-schedule:nightly"}
+
+    capsys.readouterr()
+    assert main(["schedule", "list", "--crontab", str(tab)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [row.split("\t")[:2] for row in listed] == [["daily", "0 3 * * *"], ["nightly", "15 2 * * MON-FRI"]]
+
+    # the same name again replaces its entry; a delete removes only that one
+    assert main(["schedule", "create", "--cron", "30 4 * * *", "--config", str(config), "--name", "daily",
+                 "--workdir", str(work), "--crontab", str(tab)]) == 0
+    assert len(_lines(tab)) == 2 and any(line.startswith("30 4 * * * ") for line in _lines(tab))
+    assert main(["schedule", "delete", "daily", "--crontab", str(tab)]) == 0
+    assert [line.split()[:5] for line in _lines(tab)] == [["15", "2", "*", "*", "MON-FRI"]]
+    assert main(["schedule", "delete", "daily", "--crontab", str(tab)]) == 2
+    assert "no schedule named 'daily' (schedules: nightly)" in capsys.readouterr().err
+
+
+def test_a_bad_cron_or_config_installs_nothing(tmp_path, capsys):
+    work, config = _project(tmp_path)
+    tab = tmp_path / "crontab"
+    tab.write_text("# keep me\n0 1 * * * /usr/bin/true\n")
+    before = tab.read_text()
+    for args, message in [
+        (["--cron", "0 25 * * *", "--config", str(config)], "'0 25 * * *'"),
+        (["--cron", "0 3 * *", "--config", str(config)], "5 fields"),
+        (["--cron", "0 3 * * *", "--config", str(work / "missing.yaml")], "no such config file"),
+    ]:
+        assert main(["schedule", "create", *args, "--workdir", str(work), "--crontab", str(tab)]) == 2
+        assert message in capsys.readouterr().err
+    assert tab.read_text() == before
+
+
+def test_the_installed_command_runs_the_pipeline_under_a_lock(tmp_path):
+    """Two runs at once: the second is refused by the lock and logged; the first runs to its end."""
+    work, config = _project(tmp_path, seconds=3)
+    tab = tmp_path / "crontab"
+    assert main(["schedule", "create", "--config", str(config), "--workdir", str(work), "--crontab", str(tab)]) == 0
+    command = _lines(tab)[0].split(None, 5)[5].rsplit(" # ", 1)[0]   # what cron would run
+    env = {**os.environ, "MATHLLAVA_HOME": str(tmp_path / "home")}
+    first = subprocess.Popen(["bash", "-c", command], env=env)
+    lock = tmp_path / "home" / "schedules" / "pipeline.lock"
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    second = subprocess.run(["bash", "-c", command], env=env, timeout=60)
+    assert second.returncode == BUSY
+    assert first.wait(timeout=60) == 0
+    assert (work / "runs.txt").read_text().splitlines() == [f"{config} --no-schedule"]  # one run, not two
+    log = (tmp_path / "home" / "schedules" / "nightly.log").read_text()
+    assert "skipped: a run is still going (pid" in log and "end: exit code 0" in log
+    # the lock is free again once the run is over
+    assert subprocess.run(["bash", "-c", command], env=env, timeout=60).returncode == 0
+    assert len((work / "runs.txt").read_text().splitlines()) == 2
+
+
+def test_a_failing_run_reports_its_exit_code(tmp_path):
+    from mathllava.localcron import run_locked
+
+    log = tmp_path / "log"
+    assert run_locked([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "lock", log) == 3
+    text = log.read_text()
+    assert "boom" in text and "end: exit code 3" in text
+
+
+def test_run_py_puts_a_scheduled_config_in_cron_on_the_local_orchestrator(tmp_path, monkeypatch, capsys):
+    from conftest import ROOT
+    from run import schedule
+
+    _, config = _project(tmp_path)
+    tab = tmp_path / "crontab"
+    monkeypatch.setenv("MATHLLAVA_CRONTAB", str(tab))
+    info = schedule(str(config), pipeline=None, options={})  # the default stack: the local orchestrator
+    assert info["orchestrator"] == "local"
+    (line,) = _lines(tab)
+    assert line.startswith("15 2 * * MON-FRI ") and f"--workdir {ROOT}" in line and line.endswith("mathllava-schedule:nightly")
+    assert "cron entry nightly" in capsys.readouterr().out
