@@ -46,6 +46,7 @@ def summary(run) -> dict:
         "model": f"{registration['model_name']} v{registration['version']}",
         "alias": registration["alias"],
         "gate": registration["gate"],
+        "promotion": registration.get("promotion"),
         "mlflow_ui": registration["tracking_uri"],
         "cached_steps": sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED),
     }
@@ -60,6 +61,7 @@ def check_config(path: str) -> None:
     import yaml
 
     from mathllava.k8s.config import ClusterLaunch
+    from mathllava.registry.promotion import PromotionSettings
     from mathllava.schedule import ScheduleSettings, check_cronjob_settings
     from mathllava.train.config import load_sections, parse
 
@@ -68,6 +70,8 @@ def check_config(path: str) -> None:
         remote = "orchestrator.kubernetes" in (data.get("settings") or {})  # paths are the pods'
         _model, train = load_sections(path, remote=remote)
         cluster = (data.get("parameters") or {}).get("cluster")
+        register = (data.get("parameters") or {}).get("register") or {}
+        parse(PromotionSettings, register.get("promotion"), "parameters.register.promotion", path)
         if cluster is not None:
             parse(ClusterLaunch, cluster, "parameters.cluster", path).job_config()
         elif train.launcher == "kubeflow":

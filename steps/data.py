@@ -7,7 +7,7 @@ from zenml import step
 
 from mathllava.ingest import ingest_many
 from mathllava.synthetic import GeneratorConfig, generate
-from mathllava.tracking import log_metrics
+from mathllava.tracking import log_metrics, mark_training_experiment
 
 from ._state import state_dir
 
@@ -41,6 +41,7 @@ def ingest_sources(annotations: str, data: dict, include_extra: bool = True) -> 
               "name": Path(annotations).parent.name}]
     if include_extra:
         specs += data.get("extra_sources") or []
+    mark_training_experiment()
     manifest, quarantine = ingest_many(specs, int(data["max_pixels"]), progress=True)
     log_metrics({"ingested": len(manifest), "ingest_quarantined": len(quarantine)})
     return manifest, quarantine

@@ -8,11 +8,8 @@ from mathllava import plots
 from mathllava.evaluation.backends import Request, TransformersBackend
 from mathllava.evaluation.benchmarks import get as get_benchmark
 from mathllava.evaluation.mathv import load_mathv
-from mathllava.evaluation.runner import frequent_answer_responses, problem_from_row
+from mathllava.evaluation.runner import SPLIT_BENCHMARK, frequent_answer_responses, problem_from_row
 from mathllava.tracking import log_dict, log_figure, log_metrics
-
-# the rules each split is judged by: the held-out synthetic data carries MathVista's format
-SPLIT_BENCHMARK = {"heldout": "mathvista", "mathv": "mathv"}
 CONTENDERS = ("model", "base", "frequent")
 
 

@@ -7,8 +7,11 @@ import pandas as pd
 from zenml import get_step_context, step
 
 from mathllava.ingest import manifest_digest
-from mathllava.registry import gate, register_model_dir, set_alias
-from mathllava.tracking import log_metrics
+from mathllava.registry.promotion import PromotionConflict, PromotionSettings, promote
+from mathllava.registry.versions import gate, register_model_dir, set_alias
+from mathllava.tracking import log_dict, log_metrics
+
+from ._state import state_dir
 
 
 def _git_commit() -> str:
@@ -48,6 +51,29 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
         alias = register_cfg.get("alias", "challenger")
         set_alias(name, alias, version)
     log_metrics({"gate_passed": float(result.passed)})
+    promotion = _promote(name, alias, PromotionSettings(**register_cfg.get("promotion", {})))
     return {"model_name": name, "version": version, "alias": alias, "source": source, "gate": result.reasons,
+            "promotion": promotion,
             "dataset_digest": digest, "tracking_uri": mlflow.get_tracking_uri(),
             "mlflow_run_id": mlflow.active_run().info.run_id, "environment": os.environ.get("MATHLLAVA_ENV", "local")}
+
+
+def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict | None:
+    """With `register.promotion.auto`, a new challenger is compared with the champion right away (the
+    same comparison as `mathllava registry promote`)."""
+    import mlflow
+
+    from mathllava.registry.evaluate import scorer
+
+    if not (settings.auto and alias == "challenger"):
+        return None
+    uri = mlflow.get_tracking_uri()
+    os.environ.setdefault("MATHLLAVA_ACTOR", f"pipeline run {get_step_context().pipeline_run.name}")
+    try:
+        decision, entry = promote(name, scorer(settings.eval, uri), settings.margins,
+                                  state_dir() / "registry" / f"{name}.lock", uri, reason="register.promotion.auto")
+    except PromotionConflict as err:
+        return {"promoted": False, "reasons": [str(err)]}
+    log_metrics({"promoted": float(decision.promote)})
+    log_dict(entry, "registry/promotion.json")
+    return {"promoted": decision.promote, "reasons": decision.reasons, "champion_before": entry["champion"]}

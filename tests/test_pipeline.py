@@ -43,9 +43,12 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
     name, version = info["model"].split(" v")
     mv = client.get_model_version(name, version)
     assert {"zenml_run_id", "dataset_digest", "git_commit", "heldout_accuracy", "gate_passed"} <= set(mv.tags)
-    if mv.tags["gate_passed"] == "True":
-        assert client.get_model_version_by_alias(name, "challenger").version == version
+    if mv.tags["gate_passed"] == "True":   # register.promotion.auto: the first challenger becomes champion
+        assert client.get_model_version_by_alias(name, "champion").version == version
+        assert info["promotion"]["promoted"] and info["promotion"]["champion_before"] is None
     run = client.get_run(mv.run_id)
+    # the experiment opens in MLflow's model-training view (runs and charts), not the GenAI one
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     for metric in ("heldout_model_accuracy", "heldout_frequent_accuracy", "heldout_base_accuracy",
                    "validation_failure_rate", "selected", "curated_rows"):
         assert metric in run.data.metrics, metric
@@ -122,6 +125,9 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
     info = run.main(["--config", str(path)])
     assert {"select_images", "augment_questions", "export_training_data"} <= set(info["cached_steps"])
     assert "train_model" not in info["cached_steps"] and info["model"] != first_run["model"]
+    if info["promotion"]:  # the new challenger was compared with the first run's champion, on the same sets
+        assert info["promotion"]["champion_before"] == first_run["model"].split(" v")[1]
+        assert info["promotion"]["reasons"][0].startswith("mathv: challenger ")
     steps = Client().get_pipeline_run(info["run"]).steps
     assert steps["train_model"].outputs["base_model"][0].load() == str(base)
     summary = steps["train_model"].outputs["train_summary"][0].load()

@@ -9,6 +9,7 @@
     mathllava model init-tiny DIR [--data FILE] [--config FILE]
     mathllava train --base DIR --data FILE --image-root DIR --out DIR [--mode full|lora] [--deepspeed FILE]
                     [--epochs N] [--max-steps N] [--resume] [--config FILE] [--device auto|cpu|cuda]
+    mathllava registry show|promote|rollback|history NAME [--config FILE] [--reason TEXT]
     mathllava schedule create --cron "0 3 * * *" --config FILE [--name NAME] | list | delete NAME
     mathllava k8s train --config FILE --kubeconfig FILE --namespace NS [--kind trainjob|pytorchjob]
                         [--render] [--wait] [--timeout S]
@@ -283,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     train.set_defaults(func=_train)
 
     from .k8s.cli import register
+    from .registry.cli import register as register_registry
 
     register(sub)
+    register_registry(sub)
 
     sched = sub.add_parser("schedule", help="pipeline runs on a schedule on this machine (cron)") \
         .add_subparsers(dest="action", required=True)

@@ -14,6 +14,23 @@ def _active() -> bool:
     return mlflow.active_run() is not None
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow's model-training view
+
+
+def mark_training_experiment() -> None:
+    """Open the active run's experiment in MLflow's model-training view (runs, metrics, charts), not
+    the GenAI view, whose empty Traces overview is what an untagged experiment shows first."""
+    if not _active():
+        return
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = mlflow.active_run().info.experiment_id
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+
+
 def log_params(params: dict[str, Any], prefix: str = "") -> None:
     if not _active():
         return

@@ -13,6 +13,10 @@ from ..formats import target_text
 from . import mathvista
 
 
+# the rules each evaluation set is judged by: the held-out synthetic data carries MathVista's format
+SPLIT_BENCHMARK = {"heldout": "mathvista", "mathv": "mathv"}
+
+
 def problem_from_row(row: dict) -> dict:
     """A MathVista-format problem from a manifest row (choices as a list, metadata nested)."""
     choices = row.get("choices")

@@ -1,4 +1,4 @@
-"""Model registration in the MLflow registry and the promotion gate (aliases, not stages)."""
+"""Model versions in the MLflow registry: registration with lineage tags, the challenger gate, aliases."""
 
 from __future__ import annotations
 

@@ -1,0 +1,214 @@
+"""Promotion through stages in the MLflow registry, by a fair comparison.
+
+Aliases are the stages: `challenger` (staging), `champion` (production) and `previous-champion` (the
+champion it replaced, archived but ready for a rollback). A promotion evaluates the challenger and
+the current champion on the same evaluation sets with the same scorer in one go, compares per metric
+against configured margins, and moves the aliases only if the champion is still the version it was
+compared against (checked under a lock, so two promotions at once cannot both go through). Every
+decision is kept as tags on the versions involved: what was compared, the scores, who asked, when,
+the outcome and why."""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
+STAGES = {CHALLENGER: "staging", CHAMPION: "production", PREVIOUS: "archived"}
+AUDIT = "audit."  # version tags audit.<UTC time> hold one JSON record each
+
+
+class PromotionConflict(RuntimeError):
+    """The registry changed between the comparison and the alias update: nothing was moved."""
+
+
+class EvalSettings(BaseModel):
+    """The evaluation sets a promotion scores both versions on (the same ones, in the same call)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    math_v_dir: str | None = "../shared/data/math-v-testmini"
+    math_v_limit: int | None = Field(60, gt=0)
+    heldout_annotations: str | None = None   # a LLaVA JSON with MathVista metadata (the held-out split)
+    batch_size: int = Field(32, gt=0)
+    max_new_tokens: int = Field(12, gt=0)
+    device: str = "auto"
+
+
+class PromotionSettings(BaseModel):
+    """`promotion:` in a run config: margins in accuracy points per metric (the challenger must reach
+    champion + margin on each), the evaluation sets, and whether the pipeline itself tries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    margins: dict[str, float] = {"mathv": 0.0}
+    eval: EvalSettings = EvalSettings()
+    auto: bool = False
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {challenger, champion}
+
+
+def compare(challenger: dict[str, float], champion: dict[str, float] | None, margins: dict[str, float]) -> Decision:
+    """The challenger wins when it scores more than champion + margin on every metric with a margin
+    (a negative margin is a tolerated drop; with margin 0 a tie is not a win). Without a champion it
+    wins outright."""
+    if champion is None:
+        return Decision(True, ["no champion yet: the challenger becomes the first"],
+                        {m: {"challenger": challenger[m]} for m in margins if m in challenger})
+    missing = sorted(m for m in margins if m not in challenger or m not in champion)
+    if missing:
+        return Decision(False, [f"metric {m} was not scored for both versions" for m in missing])
+    reasons, scores, ok_all = [], {}, True
+    for metric, margin in margins.items():
+        a, b = challenger[metric], champion[metric]
+        ok = a > b + margin
+        ok_all &= ok
+        scores[metric] = {"challenger": a, "champion": b}
+        reasons.append(f"{metric}: challenger {a:.2f} {'>' if ok else '<='} champion {b:.2f} + margin {margin:.2f}")
+    return Decision(ok_all, reasons, scores)
+
+
+def _client(tracking_uri: str | None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+
+
+def alias_version(client, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST: no such alias
+        return None
+
+
+def actor() -> str:
+    return os.environ.get("MATHLLAVA_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def record(client, name: str, version: str, entry: dict) -> dict:
+    """One audit record on a version (a tag per event, so none overwrites another)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    entry = {"time": stamp, "actor": actor(), **entry}
+    client.set_model_version_tag(name, version, f"{AUDIT}{stamp}", json.dumps(entry, sort_keys=True))
+    return entry
+
+
+@contextmanager
+def registry_lock(path: str | Path):
+    """Serialises alias changes of one registry from this machine (blocking)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tracking_uri: str | None = None,
+            reason: str = "") -> tuple[Decision, dict]:
+    """Compare the challenger with the champion (`evaluate(client, name, versions)` scores both on the
+    same sets) and, if it wins, make it champion, keeping the old one as previous-champion. Raises
+    PromotionConflict when the aliases moved since the comparison started."""
+    client = _client(tracking_uri)
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is None:
+        raise ValueError(f"{name} has no '{CHALLENGER}' version to promote")
+    champion = alias_version(client, name, CHAMPION)
+    if champion == challenger:
+        raise ValueError(f"{name} v{challenger} is already the champion")
+    scores = evaluate(client, name, [v for v in (challenger, champion) if v is not None])
+    decision = compare(scores[challenger], scores.get(champion) if champion else None, margins)
+    with registry_lock(lock):
+        now_champion, now_challenger = alias_version(client, name, CHAMPION), alias_version(client, name, CHALLENGER)
+        if (now_champion, now_challenger) != (champion, challenger):
+            raise PromotionConflict(
+                f"{name}: the registry changed during the comparison (champion v{champion} -> v{now_champion}, "
+                f"challenger v{challenger} -> v{now_challenger}); nothing was moved: compare again")
+        entry = {"event": "promote" if decision.promote else "promotion-refused", "challenger": challenger,
+                 "champion": champion, "scores": decision.scores, "margins": margins, "reasons": decision.reasons,
+                 "reason": reason}
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, challenger)
+            client.delete_registered_model_alias(name, CHALLENGER)
+            if champion is not None:
+                client.set_registered_model_alias(name, PREVIOUS, champion)
+                record(client, name, champion, {**entry, "stage": STAGES[PREVIOUS]})
+            entry["stage"] = STAGES[CHAMPION]
+        else:
+            entry["stage"] = STAGES[CHALLENGER]
+        return decision, record(client, name, challenger, entry)
+
+
+def rollback(name: str, reason: str, lock: str | Path, tracking_uri: str | None = None) -> dict:
+    """Make the previous champion the champion again; the version rolled back from keeps the record."""
+    if not reason.strip():
+        raise ValueError("a rollback needs a reason")
+    client = _client(tracking_uri)
+    with registry_lock(lock):
+        champion, previous = alias_version(client, name, CHAMPION), alias_version(client, name, PREVIOUS)
+        if previous is None:
+            raise ValueError(f"{name} has no '{PREVIOUS}' to roll back to")
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.delete_registered_model_alias(name, PREVIOUS)
+        entry = {"event": "rollback", "champion": previous, "rolled_back": champion, "reason": reason}
+        if champion is not None:
+            record(client, name, champion, {**entry, "stage": STAGES[PREVIOUS]})
+        return record(client, name, previous, {**entry, "stage": STAGES[CHAMPION]})
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    aliases: list[str]
+    stage: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+def show(name: str, tracking_uri: str | None = None) -> list[VersionInfo]:
+    client = _client(tracking_uri)
+    by_version: dict[str, list[str]] = {}
+    try:
+        for alias, version in (client.get_registered_model(name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+    except Exception:  # no such registered model: no versions either
+        return []
+    out = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+        aliases = sorted(by_version.get(str(mv.version), []))
+        stage = next((STAGES[a] for a in (CHAMPION, CHALLENGER, PREVIOUS) if a in aliases), "none")
+        out.append(VersionInfo(mv.version, aliases, stage, mv.run_id,
+                               {k: v for k, v in mv.tags.items() if not k.startswith(AUDIT)}))
+    return out
+
+
+def history(name: str, tracking_uri: str | None = None) -> list[dict]:
+    """Every audit record of every version, oldest first (one promotion may leave records on two
+    versions; they share their event and champion/challenger fields)."""
+    client = _client(tracking_uri)
+    events = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        for key, value in mv.tags.items():
+            if key.startswith(AUDIT):
+                events.append({"version": mv.version, **json.loads(value)})
+    return sorted(events, key=lambda e: (e["time"], e["version"]))
+
+
+def as_dict(decision: Decision) -> dict:
+    return asdict(decision)

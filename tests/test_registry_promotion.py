@@ -1,0 +1,181 @@
+"""Promotion through stages on a real MLflow server and registry: the comparison rule, alias moves
+(challenger -> champion -> previous-champion), refusals, rollback, the audit trail, a change made
+during a comparison, two concurrent `mathllava registry promote` processes, and the evaluator that
+scores both versions on the same sets."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, compare, history,
+                                          promote, rollback, show)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from mathllava.localserver import start, stop
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = tmp_path_factory.mktemp("mlflow")
+    uri = start(state, "127.0.0.1", port)
+    yield uri
+    stop(state)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from mathllava.train.tiny import TinyModelConfig, init_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    shape = dict(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1,
+                 text_intermediate=128, vocab_size=400)
+    return [init_tiny(root / f"m{seed}", TinyModelConfig(**shape, seed=seed), ["What is 1 + 2? Answer: 3"])
+            for seed in (0, 1)]
+
+
+def _register(uri, name, model_dir, challenger=True) -> str:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mathllava.registry.versions import register_model_dir
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("promotion-tests")
+    with mlflow.start_run():
+        version, _ = register_model_dir(str(model_dir), name, {"heldout_accuracy": 1.0})
+    if challenger:
+        MlflowClient(uri).set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def _aliases(uri, name):
+    return {v.version: sorted(v.aliases) for v in show(name, uri) if v.aliases}
+
+
+def scripted(scores):
+    """Stands in for the model evaluation: known scores per version, so the test can say who wins."""
+    def evaluate(client, name, versions):
+        return {v: scores[v] for v in versions}
+    return evaluate
+
+
+def test_compare_applies_each_margin_strictly():
+    assert compare({"mathv": 20.0}, None, {"mathv": 0.0}).promote
+    win = compare({"mathv": 21.0, "heldout": 30.0}, {"mathv": 20.0, "heldout": 30.0}, {"mathv": 0.5, "heldout": -1.0})
+    assert win.promote and win.scores["mathv"] == {"challenger": 21.0, "champion": 20.0}
+    assert not compare({"mathv": 20.4}, {"mathv": 20.0}, {"mathv": 0.5}).promote           # under the margin
+    tie = compare({"mathv": 20.0}, {"mathv": 20.0}, {"mathv": 0.0})
+    assert not tie.promote and tie.reasons == ["mathv: challenger 20.00 <= champion 20.00 + margin 0.00"]
+    assert compare({"mathv": 25.0, "heldout": 10.0}, {"mathv": 20.0, "heldout": 12.0},
+                   {"mathv": 0.0, "heldout": -1.0}).promote is False                        # heldout fell 2 > 1
+    missing = compare({"mathv": 25.0}, {"mathv": 20.0, "heldout": 1.0}, {"heldout": 0.0})
+    assert not missing.promote and "heldout was not scored for both" in missing.reasons[0]
+
+
+def test_promote_refuse_rollback_and_history(server, tiny_models, tmp_path, capsys):
+    from mathllava.cli import main
+
+    name, lock = "promo-flow", tmp_path / "lock"
+    v1 = _register(server, name, tiny_models[0])
+    decision, _ = promote(name, scripted({v1: {"mathv": 10.0}}), {"mathv": 0.0}, lock, server)
+    assert decision.promote and _aliases(server, name) == {v1: [CHAMPION]}
+
+    v2 = _register(server, name, tiny_models[1])
+    decision, entry = promote(name, scripted({v1: {"mathv": 10.0}, v2: {"mathv": 12.5}}), {"mathv": 1.0}, lock,
+                              server, reason="nightly")
+    assert decision.promote and entry["scores"] == {"mathv": {"challenger": 12.5, "champion": 10.0}}
+    assert _aliases(server, name) == {v1: [PREVIOUS], v2: [CHAMPION]}
+
+    v3 = _register(server, name, tiny_models[0])
+    decision, entry = promote(name, scripted({v2: {"mathv": 12.5}, v3: {"mathv": 12.9}}), {"mathv": 1.0}, lock, server)
+    assert not decision.promote and entry["event"] == "promotion-refused"
+    assert _aliases(server, name) == {v1: [PREVIOUS], v2: [CHAMPION], v3: [CHALLENGER]}  # nothing moved
+
+    assert main(["registry", "rollback", name, "--reason", "v2 regressed on MathVista", "--tracking-uri", server]) == 0
+    assert _aliases(server, name) == {v1: [CHAMPION], v3: [CHALLENGER]}
+    assert main(["registry", "rollback", name, "--reason", "again", "--tracking-uri", server]) == 2
+    assert "no 'previous-champion' to roll back to" in capsys.readouterr().err
+
+    assert main(["registry", "history", name, "--tracking-uri", server]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e["version"]) for e in events] == [
+        ("promote", v1), ("promote", v1), ("promote", v2), ("promotion-refused", v3), ("rollback", v2),
+        ("rollback", v1)]
+    assert events[2]["reason"] == "nightly" and events[1]["stage"] == "archived" and events[2]["stage"] == "production"
+    assert events[4]["reason"] == "v2 regressed on MathVista" and all(e["actor"] for e in events)
+
+    assert main(["registry", "show", name, "--tracking-uri", server]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(f"v{v1}", "production", CHAMPION), (f"v{v2}", "none", "-"),
+                                                   (f"v{v3}", "staging", CHALLENGER)]
+
+
+def test_a_change_during_the_comparison_moves_nothing(server, tiny_models, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    name = "promo-race"
+    v1 = _register(server, name, tiny_models[0])
+    promote(name, scripted({v1: {"mathv": 10.0}}), {"mathv": 0.0}, tmp_path / "lock", server)
+    v2 = _register(server, name, tiny_models[1])
+    v3 = _register(server, name, tiny_models[0], challenger=False)
+
+    def evaluate_while_someone_else_promotes(client, model, versions):
+        MlflowClient(server).set_registered_model_alias(name, CHAMPION, v3)   # a concurrent promotion lands
+        return {v1: {"mathv": 10.0}, v2: {"mathv": 50.0}}
+
+    with pytest.raises(PromotionConflict, match=rf"champion v{v1} -> v{v3}"):
+        promote(name, evaluate_while_someone_else_promotes, {"mathv": 0.0}, tmp_path / "lock", server)
+    assert _aliases(server, name) == {v2: [CHALLENGER], v3: [CHAMPION]}
+
+
+def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mathllava.registry.evaluate import scorer
+    from mathllava.registry.promotion import EvalSettings
+    from mathllava.synthetic import GeneratorConfig, generate
+
+    heldout = generate(tmp_path / "heldout", GeneratorConfig(n_images=6, seed=5, image_size=64, unclear_fraction=0.0))
+    name = "promo-eval"
+    versions = [_register(server, name, m) for m in tiny_models]
+    evaluate = scorer(EvalSettings(math_v_dir=None, heldout_annotations=str(heldout), max_new_tokens=4), server)
+    scores = evaluate(MlflowClient(server), name, versions)
+    assert evaluate.sets == {"heldout": 6}
+    assert set(scores) == set(versions) and all(set(s) == {"heldout"} for s in scores.values())
+    assert all(0.0 <= s["heldout"] <= 100.0 for s in scores.values())
+
+
+@pytest.mark.slow
+def test_two_concurrent_promotions_leave_one_consistent_result(server, tiny_models, tmp_path):
+    from mathllava.synthetic import GeneratorConfig, generate
+
+    name = "promo-concurrent"
+    v1 = _register(server, name, tiny_models[0])
+    promote(name, scripted({v1: {"heldout": 0.0}}), {"heldout": 0.0}, tmp_path / "lock", server)
+    v2 = _register(server, name, tiny_models[1])
+    heldout = generate(tmp_path / "heldout", GeneratorConfig(n_images=4, seed=9, image_size=64, unclear_fraction=0.0))
+    config = tmp_path / "run.yaml"
+    # a margin of -100 lets the challenger win whatever two untrained models score, so both processes
+    # want to promote v2 over v1: only one may
+    config.write_text(yaml.safe_dump({"parameters": {"register": {"promotion": {
+        "margins": {"heldout": -100.0}, "eval": {"math_v_dir": None, "heldout_annotations": str(heldout),
+                                                  "max_new_tokens": 2}}}}}))
+    env = {**os.environ, "MATHLLAVA_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": server}
+    command = [sys.executable, "-m", "mathllava.cli", "registry", "promote", name, "--config", str(config)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    errors = " ".join(err for _, _, err in results)
+    assert codes[0] == 0 and codes[1] in (2, 3), results
+    assert "the registry changed during the comparison" in errors or "has no 'challenger' version" in errors
+    assert _aliases(server, name) == {v1: [PREVIOUS], v2: [CHAMPION]}
+    promotions = [e for e in history(name, server) if e["event"] == "promote" and e["version"] == v2]
+    assert len(promotions) == 1
