@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, compare, history,
-                                          promote, rollback, show)
+                                          promote, show)
 
 
 @pytest.fixture(scope="module")
