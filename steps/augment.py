@@ -12,5 +12,5 @@ def augment_questions(selection: pd.DataFrame, augment_cfg: dict) -> Annotated[p
     """Seed pairs plus new, harder, rephrased and underspecified questions per selected image."""
     curated = augment(selection, AugmentConfig(**augment_cfg), progress=True)
     log_metrics({"curated_rows": len(curated),
-                 **{f"aug_{k}": v for k, v in curated["aug_type"].value_counts().items()}})
+                 **{f"aug_{k}": v for k, v in curated["aug_type"].value_counts().items()}}, section="data")
     return curated

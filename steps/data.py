@@ -43,5 +43,5 @@ def ingest_sources(annotations: str, data: dict, include_extra: bool = True) -> 
         specs += data.get("extra_sources") or []
     mark_training_experiment()
     manifest, quarantine = ingest_many(specs, int(data["max_pixels"]), progress=True)
-    log_metrics({"ingested": len(manifest), "ingest_quarantined": len(quarantine)})
+    log_metrics({"ingested": len(manifest), "ingest_quarantined": len(quarantine)}, section="data")
     return manifest, quarantine

@@ -23,8 +23,8 @@ def _score(name: str, problems: list[dict], responses: list[str], split: str, re
         entry["by_question_type"] = judged.groups["question_type"]
     report[split][name] = entry
     results[f"{split}/{name}"] = judged.predictions
-    log_metrics({f"{split}_{name}_accuracy": entry["accuracy"],
-                 **{f"{split}_{name}_task_{k}": v for k, v in entry["by_task"].items()}})
+    log_metrics({f"{name}_accuracy": entry["accuracy"],
+                 **{f"{name}_task_{k}": v for k, v in entry["by_task"].items()}}, section=f"eval/{split}")
 
 
 @step

@@ -7,9 +7,10 @@ import pandas as pd
 from zenml import get_step_context, step
 
 from mathllava.ingest import manifest_digest
-from mathllava.registry.promotion import PromotionConflict, PromotionSettings, promote
+from mathllava import plots
+from mathllava.registry.promotion import PromotionConflict, PromotionSettings, compare_with_champion, promote
 from mathllava.registry.versions import gate, register_model_dir, set_alias
-from mathllava.tracking import log_dict, log_metrics
+from mathllava.tracking import log_dict, log_figure, log_metrics
 
 from ._state import state_dir
 
@@ -50,7 +51,7 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     if result.passed:
         alias = register_cfg.get("alias", "challenger")
         set_alias(name, alias, version)
-    log_metrics({"gate_passed": float(result.passed)})
+    log_metrics({"gate_passed": float(result.passed)}, section="registry")
     promotion = _promote(name, alias, PromotionSettings(**register_cfg.get("promotion", {})))
     return {"model_name": name, "version": version, "alias": alias, "source": source, "gate": result.reasons,
             "promotion": promotion,
@@ -59,21 +60,42 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
 
 
 def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict | None:
-    """With `register.promotion.auto`, a new challenger is compared with the champion right away (the
-    same comparison as `mathllava registry promote`)."""
+    """A new challenger against the champion, both scored on the same sets now (the comparison of
+    `mathllava registry promote`): logged as a table and a chart (`promotion.compare`), and acted on
+    with `promotion.auto`."""
     import mlflow
 
     from mathllava.registry.evaluate import scorer
 
-    if not (settings.auto and alias == "challenger"):
+    if alias != "challenger" or not (settings.auto or settings.compare):
         return None
     uri = mlflow.get_tracking_uri()
     os.environ.setdefault("MATHLLAVA_ACTOR", f"pipeline run {get_step_context().pipeline_run.name}")
+    evaluate = scorer(settings.eval, uri)
     try:
-        decision, entry = promote(name, scorer(settings.eval, uri), settings.margins,
-                                  state_dir() / "registry" / f"{name}.lock", uri, reason="register.promotion.auto")
+        if settings.auto:
+            decision, entry = promote(name, evaluate, settings.margins, state_dir() / "registry" / f"{name}.lock",
+                                      uri, reason="register.promotion.auto")
+            challenger, champion = entry["challenger"], entry["champion"]
+            log_dict(entry, "registry/promotion.json")
+            log_metrics({"promoted": float(decision.promote)}, section="registry")
+        else:
+            challenger, champion, decision = compare_with_champion(name, evaluate, settings.margins, uri)
     except PromotionConflict as err:
         return {"promoted": False, "reasons": [str(err)]}
-    log_metrics({"promoted": float(decision.promote)})
-    log_dict(entry, "registry/promotion.json")
-    return {"promoted": decision.promote, "reasons": decision.reasons, "champion_before": entry["champion"]}
+    if champion is not None:
+        _log_comparison(challenger, champion, decision.scores, settings.margins)
+    return {"promoted": settings.auto and decision.promote, "reasons": decision.reasons, "champion_before": champion,
+            "scores": decision.scores}
+
+
+def _log_comparison(challenger: str, champion: str, scores: dict, margins: dict) -> None:
+    import mlflow
+
+    metrics = sorted(scores)
+    mlflow.log_table({"metric": metrics, f"challenger v{challenger}": [scores[m]["challenger"] for m in metrics],
+                      f"champion v{champion}": [scores[m]["champion"] for m in metrics],
+                      "margin": [margins.get(m, 0.0) for m in metrics]}, "registry/comparison.json")
+    log_figure(plots.accuracy_bars({f"challenger v{challenger}": {m: scores[m]["challenger"] for m in metrics},
+                                    f"champion v{champion}": {m: scores[m]["champion"] for m in metrics}},
+                                   "challenger vs champion, same sets"), "registry/comparison.png")

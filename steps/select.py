@@ -32,7 +32,8 @@ def select_images(valid_manifest: pd.DataFrame, select: dict) -> Tuple[
     log_metrics({"selected": len(selection), "dropped_unclear": report["dropped_unclear"],
                  **{f"selected_level_{k}": v for k, v in selection.groupby("complexity").size().items()},
                  **{k: v for k, v in report.items() if k in ("clarity_agreement", "unclear_recall") and v is not None},
-                 **{f"complexity_{k}": v for k, v in complexity_report.items() if isinstance(v, float)}})
+                 **{f"complexity_{k}": v for k, v in complexity_report.items() if isinstance(v, float)}},
+                section="data")
     log_dict(report, "selection/report.json")
     log_figure(plots.complexity_distribution(scored[scored["clear"]], selection), "selection/complexity_by_source.png")
     log_figure(plots.clarity_histogram(scored), "selection/clarity.png")

@@ -19,7 +19,8 @@ def validate_manifest(manifest: pd.DataFrame, ingest_quarantine: pd.DataFrame, r
               "failure_rate": outcome.failure_rate, "reasons": outcome.counts_by_reason,
               "gx": summarize_result(outcome.result)}
     log_metrics({"validation_rows": len(manifest), "validation_valid": len(outcome.valid),
-                 "validation_quarantined": len(quarantine), "validation_failure_rate": outcome.failure_rate})
+                 "validation_quarantined": len(quarantine), "validation_failure_rate": outcome.failure_rate},
+                section="data")
     log_dict(report, "validation/report.json")
     log_dict(outcome.result, "validation/gx_result.json")
     if outcome.failure_rate > cfg.max_failure_rate:

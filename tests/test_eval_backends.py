@@ -222,7 +222,8 @@ def test_results_logged_to_mlflow(model_dir, problems, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from mathllava.evaluation.harness import log_to_mlflow, metric_name
+    from mathllava.evaluation.harness import log_to_mlflow
+    from mathllava.tracking import metric_name
 
     benchmark = get("mathv")
     judged = run_benchmark(benchmark, problems[:12], TransformersBackend(model_dir, max_new_tokens=4),
@@ -233,9 +234,9 @@ def test_results_logged_to_mlflow(model_dir, problems, tmp_path):
         metrics = log_to_mlflow(benchmark, judged, tmp_path / "out")
     client = MlflowClient()
     logged = client.get_run(run.info.run_id).data.metrics
-    assert logged["mathv_accuracy"] == pytest.approx(judged.accuracy)
+    assert logged["eval/mathv/accuracy"] == pytest.approx(judged.accuracy)
     subject = next(iter(judged.groups["subject"]))
-    assert logged[metric_name("mathv", "subject", subject)] == pytest.approx(judged.groups["subject"][subject])
+    assert logged[metric_name("eval", "mathv", "subject", subject)] == pytest.approx(judged.groups["subject"][subject])
     assert set(metrics) <= set(logged)
     files = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/mathv")}
     assert {"evaluation/mathv/accuracy_by_subject.png", "evaluation/mathv/accuracy_by_level.png",
@@ -268,3 +269,11 @@ def test_mathvista_run_from_testmini_json_with_images(model_dir, tmp_path):
     assert scores["average"]["total"] == 6 and {"task", "skills", "source"} <= set(scores)
     assert judged.accuracy == float(scores["average"]["accuracy"])
     assert sum(judged.extra["extraction_methods"].values()) == 6
+
+
+def test_metric_names_are_sections_joined_by_slashes():
+    from mathllava.tracking import metric_name
+
+    assert metric_name("eval", "mathv", "subject", "solid geometry") == "eval/mathv/subject/solid geometry"
+    assert metric_name("data", "a/b:c") == "data/a_b_c"   # a part never opens a section of its own
+    assert metric_name("", "train", "loss") == "train/loss"

@@ -43,14 +43,15 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
     name, version = info["model"].split(" v")
     mv = client.get_model_version(name, version)
     assert {"zenml_run_id", "dataset_digest", "git_commit", "heldout_accuracy", "gate_passed"} <= set(mv.tags)
-    if mv.tags["gate_passed"] == "True":   # register.promotion.auto: the first challenger becomes champion
-        assert client.get_model_version_by_alias(name, "champion").version == version
-        assert info["promotion"]["promoted"] and info["promotion"]["champion_before"] is None
+    assert mv.tags["gate_passed"] == "True"  # register.promotion.auto: the first challenger becomes champion
+    assert client.get_model_version_by_alias(name, "champion").version == version
+    assert info["promotion"]["promoted"] and info["promotion"]["champion_before"] is None
     run = client.get_run(mv.run_id)
     # the experiment opens in MLflow's model-training view (runs and charts), not the GenAI one
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    for metric in ("heldout_model_accuracy", "heldout_frequent_accuracy", "heldout_base_accuracy",
-                   "validation_failure_rate", "selected", "curated_rows"):
+    for metric in ("eval/heldout/model_accuracy", "eval/heldout/frequent_accuracy", "eval/heldout/base_accuracy",
+                   "data/validation_failure_rate", "data/selected", "data/curated_rows", "train/loss",
+                   "train/samples", "registry/gate_passed"):
         assert metric in run.data.metrics, metric
     assert any(k.startswith("train.") for k in run.data.params)
     assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [mv.tags["dataset_digest"]]
@@ -125,9 +126,15 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
     info = run.main(["--config", str(path)])
     assert {"select_images", "augment_questions", "export_training_data"} <= set(info["cached_steps"])
     assert "train_model" not in info["cached_steps"] and info["model"] != first_run["model"]
-    if info["promotion"]:  # the new challenger was compared with the first run's champion, on the same sets
-        assert info["promotion"]["champion_before"] == first_run["model"].split(" v")[1]
-        assert info["promotion"]["reasons"][0].startswith("mathv: challenger ")
+    # the new challenger was compared with the first run's champion, on the same sets, in this run
+    assert info["promotion"]["champion_before"] == first_run["model"].split(" v")[1]
+    assert info["promotion"]["reasons"][0].startswith("mathv: challenger ")
+    import mlflow
+
+    run_id = Client().get_pipeline_run(info["run"]).steps["register_model"].outputs["registration"][0] \
+        .load()["mlflow_run_id"]
+    files = {a.path for a in mlflow.MlflowClient(stack).list_artifacts(run_id, "registry")}
+    assert {"registry/comparison.json", "registry/comparison.png"} <= files
     steps = Client().get_pipeline_run(info["run"]).steps
     assert steps["train_model"].outputs["base_model"][0].load() == str(base)
     summary = steps["train_model"].outputs["train_summary"][0].load()

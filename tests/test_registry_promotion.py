@@ -66,6 +66,18 @@ def scripted(scores):
     return evaluate
 
 
+def test_the_gate_needs_both_baselines_beaten_by_their_margins():
+    from mathllava.registry.versions import gate
+
+    assert gate(30.0, 20.0, 10.0).passed
+    assert not gate(20.0, 20.0, 10.0).passed                                  # a tie with the frequent answer
+    assert not gate(30.0, 20.0, 29.5, min_margin_over_base=1.0).passed         # base within the margin
+    assert not gate(30.0, 25.0, 10.0, min_margin_over_frequent=5.0).passed
+    assert gate(30.0, 25.0, 10.0, min_margin_over_frequent=4.9, min_margin_over_base=19.9).passed
+    result = gate(5.0, 14.0, 1.0, min_margin_over_frequent=-100.0, min_margin_over_base=-100.0)
+    assert result.passed and result.reasons[0] == "model 5.00 > frequent-answer 14.00 + -100.00"
+
+
 def test_compare_applies_each_margin_strictly():
     assert compare({"mathv": 20.0}, None, {"mathv": 0.0}).promote
     win = compare({"mathv": 21.0, "heldout": 30.0}, {"mathv": 20.0, "heldout": 30.0}, {"mathv": 0.5, "heldout": -1.0})

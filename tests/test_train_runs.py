@@ -173,7 +173,7 @@ def test_torchrun_zero3_on_two_processes_matches_one_process(base, data, tmp_pat
     mlflow.set_tracking_uri(tracking)
     runs = mlflow.search_runs(experiment_names=["zero3"])
     assert len(runs) == 1  # rank 1 never opened a run
-    history = mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train_loss")
+    history = mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(_losses(two))
 
 
@@ -229,7 +229,7 @@ def test_pipeline_launcher_runs_torchrun_and_rank0_logs_into_the_callers_run(bas
         result = train(base, data[1], data[3], tmp_path / "out", settings)
     assert result.summary["world_size"] == 2 and result.summary["global_step"] == 4
     assert (result.model_dir / "config.json").is_file()
-    steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in steps) == [1, 2, 3, 4]
     assert len(mlflow.search_runs(experiment_names=["launcher"])) == 1
 

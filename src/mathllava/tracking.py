@@ -46,16 +46,19 @@ def log_params(params: dict[str, Any], prefix: str = "") -> None:
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
 
 
-def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
+def metric_name(*parts) -> str:
+    """The one metric-name rule: sections joined by '/', so MLflow groups the charts by section
+    (`data/selected`, `train/loss`, `eval/mathv/accuracy`, `eval/mathv/subject/algebra`)."""
+    return "/".join("".join(c if c.isalnum() or c in "_-. " else "_" for c in str(p)) for p in parts if p != "")
+
+
+def log_metrics(metrics: dict[str, float], section: str = "", step: int | None = None) -> None:
+    """Log under `section` (data, train, eval/<set>, registry)."""
     if not _active():
         return
     import mlflow
 
-    clean = {}
-    for k, v in metrics.items():
-        name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in f"{prefix}{k}")
-        clean[name] = float(v)
-    mlflow.log_metrics(clean, step=step)
+    mlflow.log_metrics({metric_name(*section.split("/"), k): float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_figure(fig, name: str) -> None:

@@ -124,11 +124,6 @@ def write_outputs(benchmark, judged: Judged, out_dir: str | Path) -> dict[str, P
     return paths
 
 
-def metric_name(*parts: str) -> str:
-    raw = "_".join(str(p) for p in parts)
-    return "".join(c if c.isalnum() or c in "_-./" else "_" for c in raw)
-
-
 def log_to_mlflow(benchmark, judged: Judged, out_dir: str | Path, prefix: str | None = None) -> dict[str, float]:
     """Per-category accuracy as metrics, the files as artifacts, and a bar chart per chart group
     (MathVista: task and skill; Math-V: subject and level; MMMU: discipline and subject). Needs an
@@ -138,14 +133,16 @@ def log_to_mlflow(benchmark, judged: Judged, out_dir: str | Path, prefix: str | 
     from .. import plots
     from ..tracking import log_figure
 
+    from ..tracking import metric_name
+
     prefix = prefix or benchmark.name
-    metrics = {metric_name(prefix, "accuracy"): judged.accuracy}
+    metrics = {metric_name("eval", prefix, "accuracy"): judged.accuracy}
     for group, values in judged.groups.items():
         for category, accuracy in values.items():
-            metrics[metric_name(prefix, group, category)] = accuracy
+            metrics[metric_name("eval", prefix, group, category)] = accuracy
     generation = judged.extra.get("generation") or {}
     if generation.get("problems_per_second"):
-        metrics[metric_name(prefix, "problems_per_second")] = generation["problems_per_second"]
+        metrics[metric_name("eval", prefix, "problems_per_second")] = generation["problems_per_second"]
     mlflow.log_metrics(metrics)
     for path in Path(out_dir).glob("*.json*"):
         if path.name != "responses.jsonl":

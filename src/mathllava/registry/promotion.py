@@ -52,7 +52,8 @@ class PromotionSettings(BaseModel):
 
     margins: dict[str, float] = {"mathv": 0.0}
     eval: EvalSettings = EvalSettings()
-    auto: bool = False
+    auto: bool = False      # the pipeline promotes a winning challenger itself
+    compare: bool = True    # the pipeline compares each new challenger with the champion (table + chart)
 
 
 @dataclass
@@ -120,11 +121,10 @@ def registry_lock(path: str | Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tracking_uri: str | None = None,
-            reason: str = "") -> tuple[Decision, dict]:
-    """Compare the challenger with the champion (`evaluate(client, name, versions)` scores both on the
-    same sets) and, if it wins, make it champion, keeping the old one as previous-champion. Raises
-    PromotionConflict when the aliases moved since the comparison started."""
+def compare_with_champion(name: str, evaluate, margins: dict[str, float],
+                          tracking_uri: str | None = None) -> tuple[str, str | None, Decision]:
+    """(challenger, champion, decision): both scored by `evaluate(client, name, versions)` on the same
+    sets in one call; nothing is changed."""
     client = _client(tracking_uri)
     challenger = alias_version(client, name, CHALLENGER)
     if challenger is None:
@@ -133,7 +133,16 @@ def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tr
     if champion == challenger:
         raise ValueError(f"{name} v{challenger} is already the champion")
     scores = evaluate(client, name, [v for v in (challenger, champion) if v is not None])
-    decision = compare(scores[challenger], scores.get(champion) if champion else None, margins)
+    return challenger, champion, compare(scores[challenger], scores.get(champion) if champion else None, margins)
+
+
+def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tracking_uri: str | None = None,
+            reason: str = "") -> tuple[Decision, dict]:
+    """Compare the challenger with the champion and, if it wins, make it champion, keeping the old one
+    as previous-champion. Raises PromotionConflict when the aliases moved since the comparison
+    started."""
+    client = _client(tracking_uri)
+    challenger, champion, decision = compare_with_champion(name, evaluate, margins, tracking_uri)
     with registry_lock(lock):
         now_champion, now_challenger = alias_version(client, name, CHAMPION), alias_version(client, name, CHALLENGER)
         if (now_champion, now_challenger) != (champion, challenger):

@@ -212,9 +212,9 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
         callbacks=hooks, normalizer=meta["normalizer"], lengths=encoded.lengths,
         projector_lr=settings.projector_learning_rate)
     if args.process_index == 0:
-        log_metrics({"trainable_parameters": trainable, "total_parameters": total, "train_samples": meta["samples"],
-                     "train_truncated": meta["truncated"], "train_dropped": meta["dropped"],
-                     "world_size": args.world_size})
+        log_metrics({"trainable_parameters": trainable, "total_parameters": total, "samples": meta["samples"],
+                     "truncated": meta["truncated"], "dropped": meta["dropped"],
+                     "world_size": args.world_size}, section="train")
         if resume_from:
             print(f"resuming from {resume_from}")
     started = time.perf_counter()
@@ -256,7 +256,7 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         log_metrics({k: summary[k] for k in ("steady_samples_per_s", "steady_tokens_per_s", "runtime_s")
-                     if summary[k] is not None})
+                     if summary[k] is not None}, section="train")
         if losses:
             from ..plots import loss_curve
 

@@ -135,7 +135,7 @@ def callbacks(on_log: Callable | None, device: str):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and state.is_world_process_zero:
                 numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-                log_metrics(numbers, prefix="train_", step=state.global_step)
+                log_metrics(numbers, section="train", step=state.global_step)
                 if on_log:
                     on_log(state.global_step, numbers)
 
