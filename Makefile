@@ -73,9 +73,13 @@ bench-train: $(VENV)/.installed
 mlflow-stop:
 	$(PY) -m mathllava.localserver stop --dir $(MATHLLAVA_HOME)/mlflow
 
-dashboard: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dashboard]"
+# the MLflow server (runs, charts, model registry) and the ZenML dashboard (pipelines, artifacts)
+dashboard: bootstrap
+	$(PY) -m pip install -q -e ".[dev,distributed,dashboard]"
 	$(VENV)/bin/zenml login --local --ip-address 127.0.0.1 --port 8237
+	@echo "MLflow UI:       http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
+	@echo "  model registry: http://127.0.0.1:$(MLFLOW_PORT)/#/models"
+	@echo "ZenML dashboard: http://127.0.0.1:8237"
 
 clean: mlflow-stop
 	rm -rf $(MATHLLAVA_HOME) .zen

@@ -47,7 +47,7 @@ def summary(run) -> dict:
         "alias": registration["alias"],
         "gate": registration["gate"],
         "promotion": registration.get("promotion"),
-        "mlflow_ui": registration["tracking_uri"],
+        "mlflow_ui": registration.get("mlflow_ui", registration["tracking_uri"]),
         "cached_steps": sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED),
     }
     if "mathv" in evaluation:
@@ -135,7 +135,7 @@ def print_summary(info: dict) -> None:
     for key, value in info.items():
         table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     Console().print(table)
-    Console().print(f"Open the MLflow UI: [bold]{info['mlflow_ui']}[/bold]  (experiment 'mathllava_training')")
+    Console().print(f"Open the MLflow UI (the experiment's runs): [bold]{info['mlflow_ui']}[/bold]")
 
 
 def main(argv: list[str] | None = None) -> dict:

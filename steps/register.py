@@ -10,7 +10,7 @@ from mathllava.ingest import manifest_digest
 from mathllava import plots
 from mathllava.registry.promotion import PromotionConflict, PromotionSettings, compare_with_champion, promote
 from mathllava.registry.versions import gate, register_model_dir, set_alias
-from mathllava.tracking import log_dict, log_figure, log_metrics
+from mathllava.tracking import experiment_url, log_dict, log_figure, log_metrics
 
 from ._state import state_dir
 
@@ -56,7 +56,8 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     return {"model_name": name, "version": version, "alias": alias, "source": source, "gate": result.reasons,
             "promotion": promotion,
             "dataset_digest": digest, "tracking_uri": mlflow.get_tracking_uri(),
-            "mlflow_run_id": mlflow.active_run().info.run_id, "environment": os.environ.get("MATHLLAVA_ENV", "local")}
+            "mlflow_run_id": mlflow.active_run().info.run_id,
+            "mlflow_ui": experiment_url(mlflow.get_tracking_uri(), mlflow.active_run().info.experiment_id), "environment": os.environ.get("MATHLLAVA_ENV", "local")}
 
 
 def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict | None:

@@ -31,6 +31,11 @@ def mark_training_experiment() -> None:
         client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's model-training view (the UI otherwise starts in GenAI mode)."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def log_params(params: dict[str, Any], prefix: str = "") -> None:
     if not _active():
         return
