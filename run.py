@@ -72,6 +72,10 @@ def check_config(path: str) -> None:
         cluster = (data.get("parameters") or {}).get("cluster")
         register = (data.get("parameters") or {}).get("register") or {}
         parse(PromotionSettings, register.get("promotion"), "parameters.register.promotion", path)
+        zenml_model = (data.get("model") or {}).get("name")
+        if zenml_model and register.get("model_name") and zenml_model != register["model_name"]:
+            raise ValueError(f"{path}: model.name ({zenml_model}) and parameters.register.model_name "
+                             f"({register['model_name']}) must be the same model")
         if cluster is not None:
             parse(ClusterLaunch, cluster, "parameters.cluster", path).job_config()
         elif train.launcher == "kubeflow":

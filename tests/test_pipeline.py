@@ -46,6 +46,13 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
     assert mv.tags["gate_passed"] == "True"  # register.promotion.auto: the first challenger becomes champion
     assert client.get_model_version_by_alias(name, "champion").version == version
     assert info["promotion"]["promoted"] and info["promotion"]["champion_before"] is None
+    # the ZenML Model Control Plane: this run is a model version in production, with its data and model
+    from zenml.client import Client
+
+    zmv = Client().get_model_version(name, "production")
+    assert zmv.run_metadata["mlflow"]["version"] == version
+    assert zmv.run_metadata["dataset_digest"] == mv.tags["dataset_digest"]
+    assert {"curated_dataset"} <= set(zmv.data_artifact_ids) and {"model_dir"} <= set(zmv.model_artifact_ids)
     run = client.get_run(mv.run_id)
     # the experiment opens in MLflow's model-training view (runs and charts), not the GenAI one
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -135,6 +142,15 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
         .load()["mlflow_run_id"]
     files = {a.path for a in mlflow.MlflowClient(stack).list_artifacts(run_id, "registry")}
     assert {"registry/comparison.json", "registry/comparison.png"} <= files
+    # every ZenML model version's stage follows its MLflow alias
+    from mathllava.registry.promotion import STAGES
+
+    aliases = mlflow.MlflowClient(stack).get_registered_model("mathllava-test").aliases
+    stage_of = {str(v): STAGES[a] for a, v in aliases.items()}
+    for zmv in Client().list_model_versions(model_name_or_id="mathllava-test", size=100).items:
+        linked = (zmv.run_metadata or {}).get("mlflow", {}).get("version")
+        if linked in stage_of:
+            assert (zmv.stage.value if hasattr(zmv.stage, "value") else zmv.stage) == stage_of[linked], linked
     steps = Client().get_pipeline_run(info["run"]).steps
     assert steps["train_model"].outputs["base_model"][0].load() == str(base)
     summary = steps["train_model"].outputs["train_summary"][0].load()
