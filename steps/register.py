@@ -8,7 +8,8 @@ from zenml import get_step_context, step
 
 from mathllava.ingest import manifest_digest
 from mathllava import plots
-from mathllava.registry.promotion import PromotionConflict, PromotionSettings, compare_with_champion, promote
+from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, alias_version, compare_with_champion,
+                                         promote)
 from mathllava.registry.versions import gate, register_model_dir, set_alias
 from mathllava.tracking import experiment_url, log_dict, log_figure, log_metrics
 
@@ -105,16 +106,18 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
     `mathllava registry promote`): logged as a table and a chart (`promotion.compare`), and acted on
     with `promotion.auto`."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     from mathllava.registry.evaluate import scorer
 
     if alias != "challenger" or not (settings.auto or settings.compare):
         return None
     uri = mlflow.get_tracking_uri()
+    auto = settings.auto is True or (settings.auto == "first" and alias_version(MlflowClient(), name, "champion") is None)
     os.environ.setdefault("MATHLLAVA_ACTOR", f"pipeline run {get_step_context().pipeline_run.name}")
     evaluate = scorer(settings.eval, uri)
     try:
-        if settings.auto:
+        if auto:
             decision, entry = promote(name, evaluate, settings.margins, state_dir() / "registry" / f"{name}.lock",
                                       uri, reason="register.promotion.auto")
             challenger, champion = entry["challenger"], entry["champion"]
@@ -126,7 +129,7 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
         return {"promoted": False, "reasons": [str(err)]}
     if champion is not None:
         _log_comparison(challenger, champion, decision.scores, settings.margins)
-    return {"promoted": settings.auto and decision.promote, "reasons": decision.reasons, "champion_before": champion,
+    return {"promoted": auto and decision.promote, "reasons": decision.reasons, "champion_before": champion,
             "scores": decision.scores}
 
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
@@ -52,7 +54,8 @@ class PromotionSettings(BaseModel):
 
     margins: dict[str, float] = {"mathv": 0.0}
     eval: EvalSettings = EvalSettings()
-    auto: bool = False      # the pipeline promotes a winning challenger itself
+    auto: bool | Literal["first"] = "first"  # the pipeline promotes a winning challenger itself (first: only
+                                             # while there is no champion, so the first version becomes one)
     compare: bool = True    # the pipeline compares each new challenger with the champion (table + chart)
 
 
