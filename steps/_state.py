@@ -1,10 +1,11 @@
-"""Where the project keeps its local state (data, ZenML store, MLflow): one folder, from the environment."""
+"""The project's state folder, created on first use (see mathllava.state)."""
 
-import os
 from pathlib import Path
+
+from mathllava.state import state_home
 
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("MATHLLAVA_HOME", ".mathllava")).resolve()
+    path = state_home()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -7,13 +7,12 @@ import pandas as pd
 from zenml import get_step_context, step
 
 from mathllava.ingest import manifest_digest
-from mathllava import plots
 from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, alias_version, compare_with_champion,
-                                         promote)
+                                         log_comparison, promote)
 from mathllava.registry.versions import gate, register_model_dir, set_alias
-from mathllava.tracking import experiment_url, log_dict, log_figure, log_metrics
+from mathllava.tracking import experiment_url, log_dict, log_metrics
 
-from ._state import state_dir
+from mathllava.state import registry_lock
 
 
 def _git_commit() -> str:
@@ -118,8 +117,8 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
     evaluate = scorer(settings.eval, uri)
     try:
         if auto:
-            decision, entry = promote(name, evaluate, settings.margins, state_dir() / "registry" / f"{name}.lock",
-                                      uri, reason="register.promotion.auto")
+            decision, entry = promote(name, evaluate, settings.margins, registry_lock(name), uri,
+                                      reason="register.promotion.auto")
             challenger, champion = entry["challenger"], entry["champion"]
             log_dict(entry, "registry/promotion.json")
             log_metrics({"promoted": float(decision.promote)}, section="registry")
@@ -128,18 +127,7 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
     except PromotionConflict as err:
         return {"promoted": False, "reasons": [str(err)]}
     if champion is not None:
-        _log_comparison(challenger, champion, decision.scores, settings.margins)
+        log_comparison(challenger, champion, decision.scores, settings.margins)
     return {"promoted": auto and decision.promote, "reasons": decision.reasons, "champion_before": champion,
             "scores": decision.scores}
 
-
-def _log_comparison(challenger: str, champion: str, scores: dict, margins: dict) -> None:
-    import mlflow
-
-    metrics = sorted(scores)
-    mlflow.log_table({"metric": metrics, f"challenger v{challenger}": [scores[m]["challenger"] for m in metrics],
-                      f"champion v{champion}": [scores[m]["champion"] for m in metrics],
-                      "margin": [margins.get(m, 0.0) for m in metrics]}, "registry/comparison.json")
-    log_figure(plots.accuracy_bars({f"challenger v{challenger}": {m: scores[m]["challenger"] for m in metrics},
-                                    f"champion v{champion}": {m: scores[m]["champion"] for m in metrics}},
-                                   "challenger vs champion, same sets"), "registry/comparison.png")

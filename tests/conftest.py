@@ -16,10 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 # always a fresh port: the tests must never log into a server that `make run` left running
-with socket.socket() as _sock:
-    _sock.bind(("127.0.0.1", 0))
-    os.environ["MLFLOW_PORT"] = str(_sock.getsockname()[1])
+os.environ["MLFLOW_PORT"] = str(free_port())
 
 import pytest  # noqa: E402
 

@@ -4,12 +4,11 @@ metric section. The screenshots are kept in .test-artifacts/dashboard/ (git-igno
 
 import re
 import shutil
-import socket
 import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,9 +40,7 @@ def populated(tmp_path_factory):
     from mathllava.registry.versions import register_model_dir, set_alias
     from mathllava.tracking import experiment_url, log_figure, log_metrics, mark_training_experiment
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     state = tmp_path_factory.mktemp("mlflow-ui")
     uri = start(state, "127.0.0.1", port)
     model_dir = tmp_path_factory.mktemp("model")

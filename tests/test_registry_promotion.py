@@ -5,12 +5,13 @@ scores both versions on the same sets."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
+
+from conftest import free_port
 
 from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, compare, history,
                                           promote, show)
@@ -20,9 +21,7 @@ from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, Promot
 def server(tmp_path_factory):
     from mathllava.localserver import start, stop
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     state = tmp_path_factory.mktemp("mlflow")
     uri = start(state, "127.0.0.1", port)
     yield uri

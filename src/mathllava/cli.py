@@ -182,6 +182,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 def _schedule(args: argparse.Namespace) -> int:
     from . import localcron
+    from .state import state_home
 
     try:
         if args.action == "create":
@@ -194,7 +195,7 @@ def _schedule(args: argparse.Namespace) -> int:
             name = args.name or (block.name if block and block.name else f"mathllava-{Path(args.config).stem}")
             entry = localcron.create(name, cron, args.config, args.workdir, args.crontab)
             print(f"schedule {entry.name}: {entry.cron}, next run {entry.next_run():%Y-%m-%d %H:%M}; "
-                  f"log: {localcron.state_home(args.workdir) / 'schedules' / (entry.name + '.log')}")
+                  f"log: {state_home(args.workdir) / 'schedules' / (entry.name + '.log')}")
         elif args.action == "list":
             rows = localcron.entries(args.crontab)
             for entry in rows:

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .schedule import validate_cron
+from .state import state_home
 
 MARK = "mathllava-schedule:"
 BUSY = 75  # EX_TEMPFAIL: another run holds the lock; this one is skipped, not failed
@@ -102,10 +103,6 @@ def delete(name: str, crontab: str | Path | None = None) -> None:
         raise ValueError(f"no schedule named {name!r} (schedules: {known})")
     table.remove_all(comment=f"{MARK}{name}")
     table.write()
-
-
-def state_home(workdir: str | Path) -> Path:
-    return Path(os.environ.get("MATHLLAVA_HOME") or Path(workdir) / ".mathllava")
 
 
 def run_locked(command: list[str], lock: Path, log: Path) -> int:

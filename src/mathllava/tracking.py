@@ -76,6 +76,13 @@ def log_figure(fig, name: str) -> None:
     plt.close(fig)
 
 
+def log_table(data: dict, name: str) -> None:
+    if _active():
+        import mlflow
+
+        mlflow.log_table(data, name)
+
+
 def log_dict(data: dict, name: str) -> None:
     if _active():
         import mlflow

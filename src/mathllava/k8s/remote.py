@@ -34,7 +34,7 @@ def stage_inputs(storage: StorageSettings, name: str, base: str | Path, data: st
             continue
         dest = f"{target}/{key}" + (Path(local).suffix if key == "data" else "")
         if dest.startswith("s3://"):
-            upload(local, dest) if Path(local).is_dir() else _upload_file(local, dest)
+            upload(local, dest)
         elif Path(local).is_dir():
             shutil.copytree(local, dest, dirs_exist_ok=True)
         else:
@@ -42,12 +42,6 @@ def stage_inputs(storage: StorageSettings, name: str, base: str | Path, data: st
             shutil.copy2(local, dest)
         update[key] = dest
     return storage.model_copy(update=update)
-
-
-def _upload_file(local: str, uri: str) -> None:
-    from .stage import _fs
-
-    _fs(uri).put(local, uri)
 
 
 def train_on_cluster(launch: ClusterLaunch, base, data, image_root, out: str | Path, settings: TrainSettings,

@@ -32,7 +32,11 @@ def fetch(uri: str, dest: str) -> None:
 
 
 def upload(src: str, uri: str) -> None:
-    _fs(uri).put(src.rstrip("/") + "/", uri.rstrip("/") + "/", recursive=True)
+    """A folder, or a single file, to `uri`."""
+    if os.path.isdir(src):
+        _fs(uri).put(src.rstrip("/") + "/", uri.rstrip("/") + "/", recursive=True)
+    else:
+        _fs(uri).put(src, uri)
 
 
 def main(argv: list[str] | None = None) -> int:

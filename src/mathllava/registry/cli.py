@@ -25,10 +25,6 @@ def tracking_uri(args) -> str:
         f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5077')}"
 
 
-def lock_path(name: str) -> Path:
-    return Path(os.environ.get("MATHLLAVA_HOME", ".mathllava")) / "registry" / f"{name}.lock"
-
-
 def promotion_settings(config: str | None):
     import yaml
 
@@ -46,6 +42,7 @@ def promotion_settings(config: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..state import registry_lock
     from . import promotion
 
     uri = tracking_uri(args)
@@ -62,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
             for event in promotion.history(args.name, uri):
                 print(json.dumps(event, sort_keys=True))
         elif args.action == "rollback":
-            entry = promotion.rollback(args.name, args.reason or "", lock_path(args.name), uri)
+            entry = promotion.rollback(args.name, args.reason or "", registry_lock(args.name), uri)
             print(f"{args.name}: champion is v{entry['champion']} again (was v{entry['rolled_back']}): {args.reason}")
         else:
             from .evaluate import scorer
 
             settings = promotion_settings(args.config)
             evaluate = scorer(settings.eval, uri)
-            decision, entry = promotion.promote(args.name, evaluate, settings.margins, lock_path(args.name), uri,
+            decision, entry = promotion.promote(args.name, evaluate, settings.margins, registry_lock(args.name), uri,
                                                 reason=args.reason or "")
             print(f"compared on the same sets {evaluate.sets}: " + "; ".join(decision.reasons))
             if not decision.promote:

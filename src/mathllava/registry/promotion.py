@@ -86,6 +86,20 @@ def compare(challenger: dict[str, float], champion: dict[str, float] | None, mar
     return Decision(ok_all, reasons, scores)
 
 
+def log_comparison(challenger: str, champion: str, scores: dict, margins: dict) -> None:
+    """Challenger against champion in the active MLflow run: a table and a chart under registry/."""
+    from .. import plots
+    from ..tracking import log_figure, log_table
+
+    metrics = sorted(scores)
+    log_table({"metric": metrics, f"challenger v{challenger}": [scores[m]["challenger"] for m in metrics],
+               f"champion v{champion}": [scores[m]["champion"] for m in metrics],
+               "margin": [margins.get(m, 0.0) for m in metrics]}, "registry/comparison.json")
+    log_figure(plots.accuracy_bars({f"challenger v{challenger}": {m: scores[m]["challenger"] for m in metrics},
+                                    f"champion v{champion}": {m: scores[m]["champion"] for m in metrics}},
+                                   "challenger vs champion, same sets"), "registry/comparison.png")
+
+
 def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
