@@ -35,7 +35,7 @@ bootstrap: $(VENV)/.installed
 	$(PY) -m stacks.bootstrap
 
 run: bootstrap
-	time $(PY) run.py --config $(CONFIG) $(RUN_ARGS)
+	time $(PY) run.py --config "$(CONFIG)" $(RUN_ARGS)
 
 test: $(VENV)/.installed k8s-local
 	$(PY) -m pytest -q

@@ -8,11 +8,11 @@ from zenml import get_step_context, step
 
 from mathllava.ingest import manifest_digest
 from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, alias_version, compare_with_champion,
-                                         log_comparison, promote)
+                                         log_comparison, promote, registry_lock)
 from mathllava.registry.versions import gate, register_model_dir, set_alias
 from mathllava.tracking import experiment_url, log_dict, log_metrics
 
-from mathllava.state import registry_lock
+from mathllava.state import registry_lock_path
 
 
 def _git_commit() -> str:
@@ -50,7 +50,8 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     alias = None
     if result.passed:
         alias = register_cfg.get("alias", "challenger")
-        set_alias(name, alias, version)
+        with registry_lock(registry_lock_path(name)):  # never in the middle of a promotion's alias moves
+            set_alias(name, alias, version)
     log_metrics({"gate_passed": float(result.passed)}, section="registry")
     promotion = _promote(name, alias, PromotionSettings(**register_cfg.get("promotion", {})))
     stages = _mirror_stages(name, version, alias, digest, promotion)
@@ -86,6 +87,8 @@ def _mirror_stages(name: str, version: str, alias: str | None, digest: str, prom
     targets = []
     for mv in versions:
         linked = (mv.run_metadata or {}).get("mlflow") or {}
+        if linked and linked.get("registered_model") != name:
+            continue  # a version linked to another MLflow model: its aliases are not these
         wanted = by_version.get(str(linked.get("version")))
         current = str(mv.stage.value if hasattr(mv.stage, "value") else mv.stage) if mv.stage else "none"
         if wanted is None and current in ("production", "staging") and linked:
@@ -117,7 +120,7 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
     evaluate = scorer(settings.eval, uri)
     try:
         if auto:
-            decision, entry = promote(name, evaluate, settings.margins, registry_lock(name), uri,
+            decision, entry = promote(name, evaluate, settings.margins, registry_lock_path(name), uri,
                                       reason="register.promotion.auto")
             challenger, champion = entry["challenger"], entry["champion"]
             log_dict(entry, "registry/promotion.json")

@@ -190,3 +190,14 @@ def test_two_concurrent_promotions_leave_one_consistent_result(server, tiny_mode
     assert _aliases(server, name) == {v1: [PREVIOUS], v2: [CHAMPION]}
     promotions = [e for e in history(name, server) if e["event"] == "promote" and e["version"] == v2]
     assert len(promotions) == 1
+
+
+def test_a_champion_that_was_not_scored_is_never_skipped(server, tiny_models, tmp_path):
+    name = "promo-unscored"
+    v1 = _register(server, name, tiny_models[0])
+    promote(name, scripted({v1: {"mathv": 1.0}}), {"mathv": 0.0}, tmp_path / "lock", server)
+    v2 = _register(server, name, tiny_models[1])
+    only_challenger = lambda client, model, versions: {v2: {"mathv": 99.0}}  # noqa: E731
+    decision, _ = promote(name, only_challenger, {"mathv": 0.0}, tmp_path / "lock", server)
+    assert not decision.promote and decision.reasons == [f"the champion v{v1} was not scored"]
+    assert _aliases(server, name) == {v1: [CHAMPION], v2: [CHALLENGER]}

@@ -3,6 +3,7 @@
 command running the pipeline under a lock that refuses an overlapping run."""
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from mathllava.localcron import BUSY
 
 def _project(tmp_path, seconds=0.0):
     """A project folder whose `make run` records each run (the scheduled command calls `make run`)."""
-    work = tmp_path / "project"
+    work = tmp_path / "my project"   # a space: the cron line must quote its paths
     work.mkdir()
     (work / "Makefile").write_text(f"run:\n\tsleep {seconds}\n\techo \"$(CONFIG) $(RUN_ARGS)\" >> runs.txt\n")
     config = work / "nightly.yaml"
@@ -43,7 +44,7 @@ def test_create_list_delete_in_the_crontab_format(tmp_path, capsys):
         fields = line.split()
         CronSim(" ".join(fields[:5]), __import__("datetime").datetime(2026, 1, 1))
         assert f"schedule run --name {line.rsplit('mathllava-schedule:', 1)[1]}" in line
-        assert f"--config {config} --workdir {work}" in line
+        assert f"--config {shlex.quote(str(config))} --workdir {shlex.quote(str(work))}" in line
     assert lines[1].startswith("15 2 * * MON-FRI ")  # from the config's schedule: block, with its name
     assert {job.comment for job in CronTab(tabfile=str(tab))} == {"mathllava-schedule:daily", "mathllava-schedule:nightly"}
 

@@ -126,7 +126,8 @@ def run_locked(command: list[str], lock: Path, log: Path) -> int:
         out.write(f"{stamp()} start: {' '.join(command)}\n")
         out.flush()
         start = time.monotonic()
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        # the run holds the lock too: if this process dies, the lock stays held until the run ends
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, pass_fds=(handle.fileno(),)).returncode
         out.write(f"{stamp()} end: exit code {code} after {time.monotonic() - start:.0f} s\n")
         return code
 

@@ -11,6 +11,6 @@ def state_home(project: str | Path = ".") -> Path:
     return Path(os.environ.get("MATHLLAVA_HOME") or Path(project) / ".mathllava").resolve()
 
 
-def registry_lock(name: str) -> Path:
+def registry_lock_path(name: str) -> Path:
     """The lock that serialises alias changes of registered model `name` from this machine."""
     return state_home() / "registry" / f"{name}.lock"

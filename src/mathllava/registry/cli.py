@@ -42,7 +42,7 @@ def promotion_settings(config: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..state import registry_lock
+    from ..state import registry_lock_path
     from . import promotion
 
     uri = tracking_uri(args)
@@ -59,15 +59,15 @@ def run(args: argparse.Namespace) -> int:
             for event in promotion.history(args.name, uri):
                 print(json.dumps(event, sort_keys=True))
         elif args.action == "rollback":
-            entry = promotion.rollback(args.name, args.reason or "", registry_lock(args.name), uri)
+            entry = promotion.rollback(args.name, args.reason or "", registry_lock_path(args.name), uri)
             print(f"{args.name}: champion is v{entry['champion']} again (was v{entry['rolled_back']}): {args.reason}")
         else:
             from .evaluate import scorer
 
             settings = promotion_settings(args.config)
             evaluate = scorer(settings.eval, uri)
-            decision, entry = promotion.promote(args.name, evaluate, settings.margins, registry_lock(args.name), uri,
-                                                reason=args.reason or "")
+            decision, entry = promotion.promote(args.name, evaluate, settings.margins,
+                                                registry_lock_path(args.name), uri, reason=args.reason or "")
             print(f"compared on the same sets {evaluate.sets}: " + "; ".join(decision.reasons))
             if not decision.promote:
                 print(f"error: v{entry['challenger']} stays challenger: it does not beat the champion",

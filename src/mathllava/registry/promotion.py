@@ -150,7 +150,9 @@ def compare_with_champion(name: str, evaluate, margins: dict[str, float],
     if champion == challenger:
         raise ValueError(f"{name} v{challenger} is already the champion")
     scores = evaluate(client, name, [v for v in (challenger, champion) if v is not None])
-    return challenger, champion, compare(scores[challenger], scores.get(champion) if champion else None, margins)
+    if champion is not None and champion not in scores:
+        return challenger, champion, Decision(False, [f"the champion v{champion} was not scored"])
+    return challenger, champion, compare(scores[challenger], scores[champion] if champion else None, margins)
 
 
 def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tracking_uri: str | None = None,
@@ -170,10 +172,13 @@ def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tr
                  "champion": champion, "scores": decision.scores, "margins": margins, "reasons": decision.reasons,
                  "reason": reason}
         if decision.promote:
+            # in an order that leaves a usable registry if a call fails midway: the old champion is kept
+            # as previous-champion before the new one takes over, and the challenger alias goes last
+            if champion is not None:
+                client.set_registered_model_alias(name, PREVIOUS, champion)
             client.set_registered_model_alias(name, CHAMPION, challenger)
             client.delete_registered_model_alias(name, CHALLENGER)
             if champion is not None:
-                client.set_registered_model_alias(name, PREVIOUS, champion)
                 record(client, name, champion, {**entry, "stage": STAGES[PREVIOUS]})
             entry["stage"] = STAGES[CHAMPION]
         else:
