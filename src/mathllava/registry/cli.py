@@ -42,6 +42,8 @@ def promotion_settings(config: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from ..state import registry_lock_path
     from . import promotion
 
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except promotion.PromotionConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except MlflowException as err:   # an unreachable server, a refused request
+        print(f"error: MLflow at {uri}: {err.message}", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

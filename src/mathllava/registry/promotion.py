@@ -215,11 +215,15 @@ class VersionInfo:
 def show(name: str, tracking_uri: str | None = None) -> list[VersionInfo]:
     client = _client(tracking_uri)
     by_version: dict[str, list[str]] = {}
+    from mlflow.exceptions import MlflowException
+
     try:
         for alias, version in (client.get_registered_model(name).aliases or {}).items():
             by_version.setdefault(str(version), []).append(alias)
-    except Exception:  # no such registered model: no versions either
-        return []
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
     out = []
     for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         aliases = sorted(by_version.get(str(mv.version), []))
