@@ -58,15 +58,13 @@ def summary(run) -> dict:
 def check_config(path: str) -> None:
     """Refuse a config whose model, train, cluster or schedule section is wrong before any step runs
     (and before a schedule is sent anywhere)."""
-    import yaml
-
     from mathllava.k8s.config import ClusterLaunch
     from mathllava.registry.promotion import PromotionSettings
-    from mathllava.schedule import ScheduleSettings, check_cronjob_settings
+    from mathllava.schedule import check_cronjob_settings, schedule_of
     from mathllava.train.config import load_sections, parse
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml_file(path)
         remote = "orchestrator.kubernetes" in (data.get("settings") or {})  # paths are the pods'
         _model, train = load_sections(path, remote=remote)
         cluster = (data.get("parameters") or {}).get("cluster")
@@ -80,8 +78,7 @@ def check_config(path: str) -> None:
             parse(ClusterLaunch, cluster, "parameters.cluster", path).job_config()
         elif train.launcher == "kubeflow":
             raise ValueError(f"{path}: train.launcher is kubeflow but parameters.cluster is not set")
-        if data.get("schedule") is not None:
-            parse(ScheduleSettings, data["schedule"], "schedule", path)
+        if schedule_of(path) is not None:
             check_cronjob_settings((data.get("settings") or {}).get("orchestrator.kubernetes"),
                                    f"{path}: settings.orchestrator.kubernetes of a scheduled run")
     except ValueError as err:
