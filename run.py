@@ -61,7 +61,8 @@ def check_config(path: str) -> None:
     from mathllava.k8s.config import ClusterLaunch
     from mathllava.registry.promotion import PromotionSettings
     from mathllava.schedule import check_cronjob_settings, schedule_of
-    from mathllava.train.config import load_sections, parse
+    from mathllava.settings import parse
+    from mathllava.train.config import load_sections
 
     try:
         data = yaml_file(path)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mathllava.conversation import IGNORE_INDEX, conversation_text, prompt
-from mathllava.train.config import ModelSettings, TrainSettings, load_sections, parse
+from mathllava.settings import parse
+from mathllava.train.config import ModelSettings, TrainSettings, load_sections
 from mathllava.train.data import DataError, encode_conversation, normalize_pixels, read_conversations
 from mathllava.train.encoded import EncodedData, ensure_encoded
 from mathllava.train.runner import RunConflict, check_output, complete_checkpoints, remove_torn_checkpoints

@@ -76,7 +76,7 @@ def schedule_of(path: str | Path) -> ScheduleSettings | None:
     """The `schedule:` block of a run config, checked; None when it has none."""
     import yaml
 
-    from .train.config import parse
+    from .settings import parse
 
     path = Path(path)
     if not path.is_file():

@@ -9,25 +9,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..train.config import TrainSettings, parse
+from ..settings import Strict, parse
+from ..train.config import TrainSettings
 
 PART_OF = {"app.kubernetes.io/part-of": "mathllava-ops"}
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: the operators name Services after jobs
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SecretEnv(_Strict):
+class SecretEnv(Strict):
     secret: str
     key: str
 
 
-class JobSettings(_Strict):
+class JobSettings(Strict):
     """What the job runs on: image, nodes x GPUs, resources, placement, and its lifetime."""
 
     name: str = "mathllava-train"           # a prefix: the job is named <name>-<6 random characters>
@@ -70,7 +67,7 @@ class JobSettings(_Strict):
         return None if value is None else str(value)
 
 
-class StorageSettings(_Strict):
+class StorageSettings(Strict):
     """Where the job finds its inputs and leaves the model: paths on a shared PVC, or s3:// URIs
     (fetched by an init container before training; the output is uploaded by node 0 after it)."""
 
@@ -100,12 +97,12 @@ class StorageSettings(_Strict):
         return any(v.startswith("s3://") for v in (self.base, self.data, self.image_root, self.output))
 
 
-class MlflowSettings(_Strict):
+class MlflowSettings(Strict):
     tracking_uri: str | None = None         # the cluster's MLflow server; rank 0 logs there
     experiment: str = "mathllava-train"
 
 
-class Measured(_Strict):
+class Measured(Strict):
     """A throughput measured on one kind of GPU (e.g. bench/gpu_check.sh)."""
 
     samples_per_s: float = Field(gt=0)
@@ -115,7 +112,7 @@ class Measured(_Strict):
     source: str = ""
 
 
-class EstimateSettings(_Strict):
+class EstimateSettings(Strict):
     """GPU-hours for --render: the token count of the run over a measured rate."""
 
     measured: Measured | None = None
@@ -127,7 +124,7 @@ class EstimateSettings(_Strict):
     local_base: str | None = None                       # ... with this model's tokenizer and image size
 
 
-class ClusterTrainConfig(_Strict):
+class ClusterTrainConfig(Strict):
     job: JobSettings
     storage: StorageSettings
     mlflow: MlflowSettings = MlflowSettings()
@@ -158,7 +155,7 @@ def load_cluster_config(path: str | Path, section: str | None = None) -> Cluster
     return parse(ClusterTrainConfig, data, "", str(path))
 
 
-class ClusterLaunch(_Strict):
+class ClusterLaunch(Strict):
     """The pipeline's `cluster` parameter, used when `train.launcher` is `kubeflow`: which job config
     (a `mathllava k8s train` file; the pipeline's own `train` section replaces its `train`) and which
     cluster. The step stages its inputs on the job's shared storage and waits for the job."""

@@ -28,7 +28,7 @@ def tracking_uri(args) -> str:
 def promotion_settings(config: str | None):
     import yaml
 
-    from ..train.config import parse
+    from ..settings import parse
     from .promotion import PromotionSettings
 
     if config is None:

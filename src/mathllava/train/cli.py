@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace):
     """(base directory, TrainSettings) from --config and the flags."""
-    from .config import ModelSettings, TrainSettings, load_sections, parse
+    from ..settings import parse
+    from .config import ModelSettings, TrainSettings, load_sections
 
     model, train = load_sections(args.config) if args.config else (ModelSettings(), TrainSettings())
     overrides = {k: v for k, v in {"mode": args.mode, "deepspeed": args.deepspeed, "epochs": args.epochs,

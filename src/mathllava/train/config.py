@@ -4,19 +4,16 @@ cluster launchers. Unknown keys and impossible values are refused with the key's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from ..settings import Strict, parse
 from .tiny import TinyModelConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraSettings(_Strict):
+class LoraSettings(Strict):
     """LoRA on the language model's linear layers (LLaVA-1.5's LoRA recipe: r 128, alpha 256)."""
 
     r: int = Field(128, gt=0)
@@ -25,7 +22,7 @@ class LoraSettings(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class TrainSettings(_Strict):
+class TrainSettings(Strict):
     """One fine-tuning run. Defaults are the paper's recipe (LLaVA-1.5 / Math-LLaVA full fine-tune)."""
 
     mode: Literal["full", "lora"] = "full"        # full: projector + LM; lora: LM adapters + full projector
@@ -79,7 +76,7 @@ class TrainSettings(_Strict):
         return value
 
 
-class ModelSettings(_Strict):
+class ModelSettings(Strict):
     """`base`: a local llava-hf checkpoint directory (model, tokenizer, processor, chat template).
     Without one, the built-in tiny model of shape `tiny` is used."""
 
@@ -95,22 +92,8 @@ class ModelSettings(_Strict):
         return value
 
 
-def describe_error(err: ValidationError, prefix: str) -> str:
-    """`train.lora.r: Input should be greater than 0` lines, one per problem."""
-    lines = []
-    for problem in err.errors():
-        path = ".".join(str(p) for p in (prefix, *problem["loc"]) if p != "")
-        lines.append(f"{path}: {problem['msg']}")
-    return "; ".join(lines)
 
 
-def parse(cls: type[BaseModel], data: Any, prefix: str, source: str = "config", remote: bool = False):
-    """Validate `data` as `cls`; a ValueError naming the source and each key's path on failure.
-    `remote`: paths name files inside a cluster's pods, not here."""
-    try:
-        return cls.model_validate(data or {}, context={"remote": remote})
-    except ValidationError as err:
-        raise ValueError(f"{source}: {describe_error(err, prefix)}") from None
 
 
 def load_sections(path: str | Path, remote: bool = False) -> tuple[ModelSettings, TrainSettings]:
