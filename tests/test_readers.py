@@ -197,7 +197,24 @@ def test_truncated_json_names_path_and_line_and_keeps_records_before(tmp_path):
     bad = next(n for n, l in enumerate(lines) if '"r1"' in l)
     lines[bad] = lines[bad].replace('"id":', '"id"')
     path = write(tmp_path / "mid.json", "\n".join(lines))
-    with pytest.raises(AnnotationError, match=rf"mid\.json: invalid JSON at line {bad + 1}: .*colon"):
+    column = lines[bad].index('"r1"') + len('"r1"')  # the parser stops at the end of the unexpected token
+    with pytest.raises(AnnotationError, match=rf"mid\.json: invalid JSON at line {bad + 1}, column {column}: .*colon"):
+        list(read_annotations(path))
+
+
+def test_minified_json_longer_than_a_read(tmp_path):
+    """One line of 300 KB, multi-byte characters across the 64 KiB reads: all records, no line numbers;
+    a fault in it is placed by line and column."""
+    records = [llava(i, question=f"Größe {i}? ∑ 😀") for i in range(2000)]
+    path = write(tmp_path / "min.json", json.dumps(records, ensure_ascii=False))
+    assert path.stat().st_size > 4 * (1 << 16)
+    items = list(read_annotations(path))
+    assert [r["question"] for r in good(items)] == [f"Größe {i}? ∑ 😀" for i in range(2000)]
+    assert [i.where for i in items] == [f"{path}:#{k}" for k in range(2000)]
+    text = json.dumps(records, ensure_ascii=False)
+    at = text.index('"r1500"')
+    path = write(tmp_path / "minbad.json", text[:at] + "@" + text[at:])
+    with pytest.raises(AnnotationError, match=rf"minbad\.json: invalid JSON at line 1, column {at + 1}: "):
         list(read_annotations(path))
 
 

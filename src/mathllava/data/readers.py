@@ -21,26 +21,19 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import re
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ijson
 
+from .jsonstream import AnnotationError, first_byte, json_layout, lines, open_binary, stream_json
 from .normalize import FLAT_KEYS, RecordError, normalize_flat, normalize_llava
 
 __all__ = ["AnnotationError", "Item", "FORMATS", "FLAT_KEYS", "detect_format", "read_annotations"]
 
 FORMATS = ("llava_json", "llava_jsonl", "mathvista", "mathv", "hf_disk", "parquet", "csv_folder")
 RAW_LIMIT = 2000
-_CHUNK = 1 << 16  # the longest piece of one line fed at once (a minified file is one long line)
-_BOM = codecs.BOM_UTF8
-
-
-class AnnotationError(ValueError):
-    """The file itself cannot be read: message always starts with the file path (and line when known)."""
 
 
 @dataclass
@@ -72,53 +65,10 @@ def _item(where: str, obj: Any, normalise: Callable[[Any], dict], raw: str | Non
     return Item(where, record, None, raw if raw is not None else _raw(obj))
 
 
-def _not_utf8(path: Path, line: int, byte: int) -> AnnotationError:
-    return AnnotationError(f"{path}: not UTF-8 text (byte 0x{byte:02x} at line {line}); re-save the file as UTF-8")
-
-
-def _lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, bytes, whole line?) for a text file: BOM dropped, UTF-8 checked as it goes,
-    empty file refused. With `limit`, a longer line comes in pieces (whole=False but the last)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    lineno, content = 1, False
-    with _open(path) as f:
-        first = True
-        while True:
-            chunk = f.readline(limit) if limit else f.readline()
-            if not chunk:
-                break
-            whole = chunk.endswith(b"\n") or not limit or len(chunk) < limit  # short: the file's last line
-            if first and chunk.startswith(_BOM):
-                chunk = chunk[len(_BOM):]
-            first = False
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, lineno, exc.object[exc.start]) from None
-            content = content or bool(chunk.strip())
-            yield lineno, chunk, whole
-            lineno += chunk.endswith(b"\n")
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(path, lineno, exc.object[exc.start]) from None
-    if not content:
-        raise AnnotationError(f"{path}: file is empty")
-
-
-def _open(path: Path):
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise AnnotationError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot open: {exc.strerror or exc}") from None
-
-
 # ---------------------------------------------------------------------------------------- JSON Lines
 
 def _jsonl(path: Path, normalise: Callable[[Any], dict]) -> Iterator[Item]:
-    for lineno, line, _ in _lines(path):
+    for lineno, line, _ in lines(path):
         if not line.strip():
             continue
         text = line.decode("utf-8").rstrip("\r\n")
@@ -133,202 +83,16 @@ def _jsonl(path: Path, normalise: Callable[[Any], dict]) -> Iterator[Item]:
 
 # ------------------------------------------------------------------------------------- whole-file JSON
 
-_STR = re.compile(r'"(?:[^"\\\n]|\\.)*"')
-_TOK = re.compile(r'[\[\]{}:,]|[^\s\[\]{}:,]+')
-_BRACKET = re.compile(r'[\[\]{}]')
-
-
-class _Starts:
-    """The line each record starts on. JSON strings cannot hold a raw newline, so scanning brackets
-    outside strings line by line follows the nesting exactly (for valid JSON; invalid JSON stops
-    the ijson parse anyway). `layout`: "list" (top-level array), "map" (each value of the top-level
-    object) or "wrapped" (the array under the top-level object's `key_index`-th key, 1-based)."""
-
-    def __init__(self, layout: str, key_index: int = 0):
-        self.layout, self.key_index = layout, key_index
-        self.depth = 2 if layout == "wrapped" else 1
-        self.stack: list[str] = []
-        self.keys = 0
-        self.after_colon = False
-        self.in_records = layout != "wrapped"
-        self.lost = False  # a line came in pieces: line numbers unknown from here on
-        self.starts: deque[int] = deque()
-
-    def feed(self, lines: str, lineno: int) -> None:
-        """Scan whole lines of text, the first of them line `lineno`."""
-        text, stack, pos, counted = _STR.sub('""', lines), self.stack, 0, 0
-        while True:
-            deep = len(stack) > self.depth
-            match = (_BRACKET if deep else _TOK).search(text, pos)
-            if match is None:
-                return
-            pos, tok = match.end(), match.group()
-            if not deep:
-                lineno += text.count("\n", counted, pos)
-                counted = pos
-            if deep:
-                stack.append(tok) if tok in "[{" else stack.pop()
-                continue
-            at_records = len(stack) == self.depth and self.in_records
-            starts_value = at_records and (self.layout != "map" or self.after_colon)
-            if tok in "[{":
-                if starts_value:
-                    self.starts.append(lineno)
-                if self.layout == "wrapped" and stack == ["{"] and tok == "[" and self.after_colon \
-                        and self.keys == self.key_index:
-                    self.in_records = True
-                stack.append(tok)
-            elif tok in "]}":
-                if stack:
-                    stack.pop()
-                if self.layout == "wrapped" and len(stack) == 1:
-                    self.in_records = False
-            elif tok == ":":
-                if stack == ["{"]:
-                    self.keys += 1
-            elif tok != "," and starts_value:
-                self.starts.append(lineno)
-            self.after_colon = tok == ":"
-
-    def next_line(self) -> int | None:
-        return None if self.lost or not self.starts else self.starts.popleft()
-
-
-def _ijson_message(exc: Exception) -> str:
-    text = exc.args[0] if exc.args else str(exc)
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return str(text).strip().split("\n")[0]
-
-
-def _first_byte(path: Path) -> bytes:
-    for _, chunk, _ in _lines(path, _CHUNK):
-        stripped = chunk.strip()
-        if stripped:
-            return stripped[:1]
-    return b""  # pragma: no cover - _lines raises on an empty file
-
-
-def _layout(path: Path) -> tuple[str, str, int]:
-    """(layout, ijson prefix, key index) of a LLaVA JSON file, refusing anything that is not a list
-    of records, an object holding exactly one list of records, or an {id: record} mapping."""
-    first = _first_byte(path)
-    if first == b"[":
-        return "list", "item", 0
-    if first != b"{":
-        raise AnnotationError(f"{path}: expected a JSON list of records or an object holding one, "
-                              f"found {first.decode('utf-8', 'replace')!r} at the start")
-    keys: list[list] = []  # [name, kind] per top-level key; kinds: object, scalar, list, list_obj, list_other
-    with _open(path) as f:
-        if f.read(3) != _BOM:
-            f.seek(0)
-        try:
-            for prefix, event, value in ijson.parse(f, use_float=True):
-                if prefix == "" and event == "map_key":
-                    keys.append([value, None])
-                elif keys and keys[-1][1] is None and prefix == keys[-1][0]:
-                    keys[-1][1] = {"start_map": "object", "start_array": "list"}.get(event, "scalar")
-                elif keys and keys[-1][1] == "list" and prefix == f"{keys[-1][0]}.item":
-                    keys[-1][1] = "list_obj" if event == "start_map" else "list_other"
-        except ijson.JSONError:
-            pass  # the streaming pass reports where the JSON breaks, with the line
-    lists = [name for name, kind in keys if kind == "list_obj"] or \
-            [name for name, kind in keys if kind == "list"]
-    described = ", ".join(f"{name!r} ({kind or '?'})" for name, kind in keys[:10]) or "no keys"
-    if len(lists) > 1:
-        raise AnnotationError(f"{path}: the object holds {len(lists)} lists of records "
-                              f"({', '.join(map(repr, lists))}); expected exactly one")
-    if lists:
-        name = lists[0]
-        if "." in name:
-            raise AnnotationError(f"{path}: the list of records is under key {name!r}; keys with a dot are not supported")
-        return "wrapped", f"{name}.item", [k for k, _ in keys].index(name) + 1
-    if keys and all(kind == "object" for _, kind in keys):
-        return "map", "", 0
-    raise AnnotationError(f"{path}: expected a JSON list of records, an object holding one list of "
-                          f"records, or an {{id: record}} mapping; found an object with {described}")
-
-
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, str | None]]:
-    """(first line number, bytes, text) of about 64 KiB of whole lines at a time (BOM dropped);
-    text is None for a piece of a line longer than that."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    lineno, carry, first = 1, b"", True
-    with _open(path) as f:
-        while True:
-            raw = f.read(_CHUNK)
-            eof = len(raw) < _CHUNK
-            if first and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            first, data = False, carry + raw
-            newline = data.rfind(b"\n")
-            if eof or newline < 0 or newline == len(data) - 1:
-                block, carry = data, b""
-            else:
-                block, carry = data[:newline + 1], data[newline + 1:]
-            if not block:
-                return
-            try:
-                text = decoder.decode(block)
-            except UnicodeDecodeError as exc:
-                raise _not_utf8(path, lineno + exc.object[:exc.start].count(b"\n"), exc.object[exc.start]) from None
-            yield lineno, block, text if eof or block.endswith(b"\n") else None
-            lineno += block.count(b"\n")
-            if eof:
-                return
-
-
-def _json_fault_line(path: Path, layout: str, prefix: str) -> tuple[int, str]:
-    """Where a whole-file JSON parse fails, found by parsing again one line at a time."""
-    sink = ijson.sendable_list()
-    coro = (ijson.kvitems_coro if layout == "map" else ijson.items_coro)(sink, prefix, use_float=True)
-    lineno = 1
-    for lineno, chunk, _ in _lines(path, _CHUNK):
-        try:
-            coro.send(chunk)
-        except ijson.JSONError as exc:
-            return lineno, _ijson_message(exc)
-        del sink[:]
-    try:
-        coro.close()
-    except ijson.JSONError as exc:
-        return lineno, _ijson_message(exc) + " (the file ends early: truncated?)"
-    return lineno, "unknown fault"  # pragma: no cover - the first parse failed, so this one does
-
-
-def _whole_json(path: Path, layout: str, prefix: str, key_index: int,
-                make_item: Callable[[str, Any], Item], first_check: Callable[[Any], None] | None = None
-                ) -> Iterator[Item]:
-    sink = ijson.sendable_list()
-    coro = (ijson.kvitems_coro if layout == "map" else ijson.items_coro)(sink, prefix, use_float=True)
-    starts = _Starts(layout, key_index)
-    def blocks() -> Iterator[bytes | None]:
-        for lineno, block, text in _blocks(path):
-            if text is None:
-                starts.lost = True
-            elif not starts.lost:
-                starts.feed(text, lineno)
-            yield block
-        yield None  # the end: ijson checks the document is complete
-
-    index = 0
-    for block in blocks():
-        try:
-            coro.send(block) if block is not None else coro.close()
-        except ijson.JSONError:
-            line, message = _json_fault_line(path, layout, prefix)
-            raise AnnotationError(f"{path}: invalid JSON at line {line}: {message}") from None
-        for obj in sink:
-            if index == 0 and first_check is not None:
-                first_check(obj)
-            line = starts.next_line()
-            yield make_item(f"{path}:#{index}" + (f":line {line}" if line is not None else ""), obj)
-            index += 1
-        del sink[:]
+def _whole_json(path: Path, layout: str, prefix: str, key_index: int, make_item: Callable[[str, Any], Item],
+                first_check: Callable[[Any], None] | None = None) -> Iterator[Item]:
+    for index, line, value in stream_json(path, layout, prefix, key_index):
+        if index == 0 and first_check is not None:
+            first_check(value)
+        yield make_item(f"{path}:#{index}" + (f":line {line}" if line is not None else ""), value)
 
 
 def _llava_json(path: Path) -> Iterator[Item]:
-    layout, prefix, key_index = _layout(path)
+    layout, prefix, key_index = json_layout(path)
 
     def make_item(where: str, obj: Any) -> Item:
         if layout == "map":
@@ -346,7 +110,7 @@ def _llava_json(path: Path) -> Iterator[Item]:
 
 
 def _mathvista(path: Path) -> Iterator[Item]:
-    if _first_byte(path) != b"{":
+    if first_byte(path) != b"{":
         raise AnnotationError(f"{path}: MathVista annotations are a JSON object pid -> record")
 
     def make_item(where: str, pair: Any) -> Item:
@@ -408,8 +172,6 @@ def _arrow_files(folder: Path) -> list[Path]:
 
 
 def _hf_disk(path: Path) -> Iterator[Item]:
-    import pyarrow as pa
-
     dict_file = path / "dataset_dict.json"
     if dict_file.is_file():
         try:
@@ -420,23 +182,18 @@ def _hf_disk(path: Path) -> Iterator[Item]:
     else:
         parts = [(str(path), path)]
     for label, folder in parts:
-        files = _arrow_files(folder)
+        yield from _batches_items(label, _arrow_batches(_arrow_files(folder)))
 
-        def batches() -> Iterator[Any]:
-            for file in files:
-                try:
-                    source = pa.memory_map(str(file))
-                    try:
-                        reader = pa.ipc.open_stream(source)
-                    except pa.ArrowInvalid:
-                        reader = pa.ipc.open_file(source)
-                        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
-                        continue
-                    yield from reader
-                except (pa.ArrowException, OSError) as exc:
-                    raise AnnotationError(f"{file}: not a readable arrow file: {exc}") from None
 
-        yield from _batches_items(label, batches())
+def _arrow_batches(files: list[Path]) -> Iterator[Any]:
+    """Record batches of the arrow files `save_to_disk` writes (IPC streams), memory-mapped."""
+    import pyarrow as pa
+
+    for file in files:
+        try:
+            yield from pa.ipc.open_stream(pa.memory_map(str(file)))
+        except (pa.ArrowException, OSError) as exc:
+            raise AnnotationError(f"{file}: not a readable arrow stream file: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ CSV
@@ -452,7 +209,7 @@ def _csv_file(path: Path) -> Path:
 
 def _csv(path: Path) -> Iterator[Item]:
     path = _csv_file(path)
-    for _ in _lines(path):  # refuses a missing, empty or non-UTF-8 file, with the line of the bad byte
+    for _ in lines(path):  # refuses a missing, empty or non-UTF-8 file, with the line of the bad byte
         pass
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
@@ -488,7 +245,7 @@ def _csv(path: Path) -> Iterator[Item]:
 # ---------------------------------------------------------------------------------------- detection
 
 def _first_json_line(path: Path) -> Any:
-    for _, line, _ in _lines(path):
+    for _, line, _ in lines(path):
         if line.strip():
             try:
                 return json.loads(line.decode("utf-8"))
@@ -499,8 +256,8 @@ def _first_json_line(path: Path) -> Any:
 
 def _peek_mapping(path: Path) -> bool:
     """Whether a JSON object's first value is a MathVista-style record (pid/query/question fields)."""
-    with _open(path) as f:
-        if f.read(3) != _BOM:
+    with open_binary(path) as f:
+        if f.read(3) != codecs.BOM_UTF8:
             f.seek(0)
         first_key, fields = None, set()
         try:
@@ -545,7 +302,7 @@ def detect_format(path: str | Path) -> str:
         first = _first_json_line(path)
         return "mathv" if isinstance(first, dict) and "options" in first and "subject" in first else "llava_jsonl"
     if suffix == ".json":
-        return "mathvista" if _first_byte(path) == b"{" and _peek_mapping(path) else "llava_json"
+        return "mathvista" if first_byte(path) == b"{" and _peek_mapping(path) else "llava_json"
     raise AnnotationError(f"{path}: cannot tell the annotation format from the extension {suffix or '(none)'!r}; "
                           f"pass fmt= one of {', '.join(FORMATS)}")
 
