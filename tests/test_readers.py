@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mathllava.data.readers import FLAT_KEYS, AnnotationError, Item, detect_format, read_annotations
+from mathllava.data.readers import (
+    FLAT_KEYS,
+    AnnotationError,
+    Item,
+    detect_format,
+    read_annotations,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MATHV = SHARED / "math-v-testmini" / "testmini.jsonl"
@@ -147,7 +153,7 @@ def test_bom_files_read(tmp_path):
     cv = write(tmp_path / "bom.csv", "image,question,answer\na.png,Q?,3\n", "utf-8-sig")
     for path in (js, jl, cv):
         assert len(good(list(read_annotations(path)))) == 1
-    assert list(read_annotations(cv))[0].record["id"] == "bom-2"
+    assert next(iter(read_annotations(cv))).record["id"] == "bom-2"
 
 
 @pytest.mark.parametrize("name", ["l1.jsonl", "l1.json", "l1.csv"])
@@ -189,7 +195,7 @@ def test_truncated_json_names_path_and_line_and_keeps_records_before(tmp_path):
     seen = []
     with pytest.raises(AnnotationError) as err:
         for item in read_annotations(path):
-            seen.append(item)
+            seen.append(item)  # noqa: PERF402 - the items before the fault, one by one
     assert str(err.value).startswith(f"{path}: invalid JSON at line {last_line}:")
     assert [i.record["id"] for i in seen] == ["r0", "r1"]
     # a fault in the middle: the line it is on

@@ -13,13 +13,15 @@ from __future__ import annotations
 import codecs
 import re
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ijson
 
 CHUNK = 1 << 16  # read size; a longer line comes in pieces (a minified file is one long line)
 _BOM = codecs.BOM_UTF8
+_CONTINUATION = bytes(range(0x80, 0xC0))  # UTF-8 bytes that do not start a character
 
 
 class AnnotationError(ValueError):
@@ -219,6 +221,11 @@ def _parser(layout: str, prefix: str) -> tuple[list, Any]:
     return sink, (ijson.kvitems_coro if layout == "map" else ijson.items_coro)(sink, prefix, use_float=True)
 
 
+def _chars(data: bytes) -> int:
+    """Characters in UTF-8 bytes, a character cut at either end counted where it starts."""
+    return len(data.translate(None, _CONTINUATION))
+
+
 def _fault(path: Path, layout: str, prefix: str) -> str:
     """Where the parse of a JSON file fails, "line N, column C: why" (C: the character where the
     parser stopped, the end of the unexpected token), found by parsing it again line by line, then
@@ -237,11 +244,11 @@ def _fault(path: Path, layout: str, prefix: str) -> str:
                     if not slow:
                         bad = (lineno, piece)
                         break
-                    column += len(chunk[:end].decode("utf-8", "ignore"))
+                    column += _chars(chunk[:end])
                     return f"line {lineno}, column {column}: {_ijson_message(exc)}"
             else:
                 del sink[:]
-                column = 0 if chunk.endswith(b"\n") else column + len(chunk.decode("utf-8", "ignore"))
+                column = 0 if chunk.endswith(b"\n") else column + _chars(chunk)
                 continue
             break
         else:

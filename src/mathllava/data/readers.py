@@ -21,16 +21,24 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import ijson
 
-from .jsonstream import AnnotationError, first_byte, json_layout, lines, open_binary, stream_json
+from .jsonstream import (
+    AnnotationError,
+    first_byte,
+    json_layout,
+    lines,
+    open_binary,
+    stream_json,
+)
 from .normalize import FLAT_KEYS, RecordError, normalize_flat, normalize_llava
 
-__all__ = ["AnnotationError", "Item", "FORMATS", "FLAT_KEYS", "detect_format", "read_annotations"]
+__all__ = ["FLAT_KEYS", "FORMATS", "AnnotationError", "Item", "detect_format", "read_annotations"]
 
 FORMATS = ("llava_json", "llava_jsonl", "mathvista", "mathv", "hf_disk", "parquet", "csv_folder")
 RAW_LIMIT = 2000
