@@ -252,11 +252,12 @@ def test_csv_with_image_folder(tmp_path):
     out.writerow(["", "images/a.png", "Which colour?", "red", '["red", "blue"]', "FQA", "mine", "5"])
     out.writerow(["q2", "images/a.png", "Two\nlines?", "2", "", "", "", ""])
     out.writerow(["q3", "images/a.png", "Pick", "B", "A|B|C", "", "", ""])
+    buf.write("\n")  # a blank line: skipped, but counted
     out.writerow(["q4", "images/a.png", "", "1", "", "", "", ""])
     write(folder / "ann.csv", buf.getvalue())
     assert detect_format(folder) == "csv_folder"
     items = list(read_annotations(folder))
-    assert [i.where for i in items] == [f"{folder / 'ann.csv'}:{n}" for n in (2, 3, 5, 6)]
+    assert [i.where for i in items] == [f"{folder / 'ann.csv'}:{n}" for n in (2, 3, 5, 7)]
     r1, r2, r3 = (i.record for i in items[:3])
     assert (r1["id"], r1["choices"], r1["task"], r1["source"], r1["extra"]) == \
         ("ann-2", ["red", "blue"], "FQA", "mine", {"grade": "5"})
