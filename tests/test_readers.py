@@ -224,6 +224,17 @@ def test_minified_json_longer_than_a_read(tmp_path):
         list(read_annotations(path))
 
 
+def test_json_lines_named_json_and_object_faults(tmp_path):
+    path = write(tmp_path / "lines.json", "".join(json.dumps(llava(i)) + "\n" for i in range(3)))
+    assert detect_format(path) == "llava_jsonl"
+    assert [i.where for i in read_annotations(path)] == [f"{path}:{n}" for n in (1, 2, 3)]
+    with pytest.raises(AnnotationError, match=r"lines\.json: invalid JSON at line 2, column 1: .*trailing garbage"):
+        list(read_annotations(path, fmt="llava_json"))
+    broken = write(tmp_path / "wrapped.json", json.dumps({"version": 1, "data": [llava(0), llava(1)]}, indent=1)[:-40])
+    with pytest.raises(AnnotationError, match=r"wrapped\.json: invalid JSON at line \d+: .*truncated"):
+        next(iter(read_annotations(broken)))  # an object is refused before its first record
+
+
 # ------------------------------------------------------------------------------------------------ JSONL
 
 def test_one_bad_jsonl_line_is_flagged_with_its_line(tmp_path):

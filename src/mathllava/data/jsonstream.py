@@ -149,7 +149,9 @@ def first_byte(path: Path) -> bytes:
 
 def json_layout(path: Path) -> tuple[str, str, int]:
     """(layout, ijson prefix, key index) of a LLaVA JSON file, refusing anything that is not a list
-    of records, an object holding exactly one list of records, or an {id: record} mapping."""
+    of records, an object holding exactly one list of records, or an {id: record} mapping. An object
+    is parsed once through before its records are streamed (to find the one list of records), so
+    a fault in it is raised before any record."""
     first = first_byte(path)
     if first == b"[":
         return "list", "item", 0
@@ -168,8 +170,8 @@ def json_layout(path: Path) -> tuple[str, str, int]:
                     keys[-1][1] = {"start_map": "object", "start_array": "list"}.get(event, "scalar")
                 elif keys and keys[-1][1] == "list" and prefix == f"{keys[-1][0]}.item":
                     keys[-1][1] = "list_obj" if event == "start_map" else "list_other"
-        except ijson.JSONError:
-            pass  # the streaming pass reports where the JSON breaks, with the line
+        except ijson.JSONError:  # the layout is unknown, so no record can be trusted: refuse now
+            raise AnnotationError(f"{path}: invalid JSON at {_fault(path, 'list', 'item')}") from None
     lists = [name for name, kind in keys if kind == "list_obj"] or \
             [name for name, kind in keys if kind == "list"]
     described = ", ".join(f"{name!r} ({kind or '?'})" for name, kind in keys[:10]) or "no keys"

@@ -29,6 +29,7 @@ from typing import Any
 import ijson
 
 from .jsonstream import (
+    CHUNK,
     AnnotationError,
     first_byte,
     json_layout,
@@ -252,14 +253,18 @@ def _csv(path: Path) -> Iterator[Item]:
 
 # ---------------------------------------------------------------------------------------- detection
 
-def _first_json_line(path: Path) -> Any:
-    for _, line, _ in lines(path):
-        if line.strip():
+def _head(path: Path, n: int) -> list[Any]:
+    """The first n non-blank lines parsed as JSON (None for one that is not JSON or too long)."""
+    found: list[Any] = []
+    for _, chunk, whole in lines(path, CHUNK):
+        if chunk.strip():
             try:
-                return json.loads(line.decode("utf-8"))
+                found.append(json.loads(chunk.decode("utf-8")) if whole else None)
             except ValueError:
-                return None
-    return None  # pragma: no cover
+                found.append(None)
+            if len(found) == n:
+                break
+    return found
 
 
 def _peek_mapping(path: Path) -> bool:
@@ -306,9 +311,10 @@ def detect_format(path: str | Path) -> str:
         return "parquet"
     if suffix == ".csv":
         return "csv_folder"
-    if suffix in (".jsonl", ".ndjson"):
-        first = _first_json_line(path)
-        return "mathv" if isinstance(first, dict) and "options" in first and "subject" in first else "llava_jsonl"
+    head = _head(path, 2) if suffix in (".json", ".jsonl", ".ndjson") else []
+    if suffix in (".jsonl", ".ndjson") or (len(head) == 2 and all(isinstance(h, dict) for h in head)):
+        mathv = bool(head) and isinstance(head[0], dict) and "options" in head[0] and "subject" in head[0]
+        return "mathv" if mathv else "llava_jsonl"  # (a .json file of one object a line is JSON Lines)
     if suffix == ".json":
         return "mathvista" if first_byte(path) == b"{" and _peek_mapping(path) else "llava_json"
     raise AnnotationError(f"{path}: cannot tell the annotation format from the extension {suffix or '(none)'!r}; "
