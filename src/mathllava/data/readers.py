@@ -9,11 +9,14 @@ folder (`csv_folder`). Every record becomes one flat record (`normalize.FLAT_KEY
 A fault of one record (bad JSON line, not an object, missing question, ...) is an `Item` with
 `error` set; the rest of the file still reads. A fault of the file (missing, empty, not UTF-8,
 truncated or invalid whole-file JSON, an unknown layout) raises `AnnotationError` whose message
-starts with the file path (and line when known). A whole-file JSON fault is found while streaming:
-records yielded before it stay yielded, and `ingest` keeps them (the file's fault is reported too).
+starts with the file path (and line when known). A fault found while streaming (invalid or
+truncated JSON in a list of records, a bad byte further down) is raised after the records before it
+were yielded: those stay yielded, and ingest keeps them (and reports the file's fault). An object-
+shaped LLaVA JSON is parsed through once before its records (to find its one list of records), so
+a fault in it is raised before any record.
 
-Memory stays flat: JSON is streamed with ijson, fed line by line, JSONL/CSV line by line, parquet
-and HF datasets by record batch.
+Memory stays flat: whole-file JSON goes through ijson 64 KiB of whole lines at a time, JSON Lines
+and CSV a line at a time, parquet and HF datasets a record batch at a time.
 """
 
 from __future__ import annotations
@@ -333,9 +336,10 @@ _READERS: dict[str, Callable[[Path], Iterator[Item]]] = {
 
 
 def read_annotations(path: str | Path, fmt: str = "auto") -> Iterator[Item]:
-    """One `Item` per record of an annotation file or folder, streamed. The path and format are
-    checked now (AnnotationError for a missing file or an unknown format); faults found while reading
-    raise AnnotationError from the iterator, after the records before them were yielded."""
+    """One `Item` per record of an annotation file or folder, streamed. The path, the format and
+    (LLaVA JSON) the layout are checked now (AnnotationError for a missing file, an unknown format or
+    layout); faults found while reading raise AnnotationError from the iterator, after the records
+    before them were yielded."""
     path = Path(path)
     if fmt == "auto":
         fmt = detect_format(path)
