@@ -127,6 +127,9 @@ def test_id_mapping_and_other_objects(tmp_path):
     mapping = {f"k{i}": {k: v for k, v in llava(i).items() if k != "id"} for i in range(3)}
     path = write(tmp_path / "m.json", json.dumps(mapping))
     assert [r["id"] for r in good(list(read_annotations(path)))] == ["k0", "k1", "k2"]
+    one = write(tmp_path / "one.json", json.dumps(llava(0), indent=1))
+    with pytest.raises(AnnotationError, match=r"one\.json: the file is one record"):
+        list(read_annotations(one))
     odd = write(tmp_path / "odd.json", json.dumps({"version": 1, "name": "x"}))
     with pytest.raises(AnnotationError, match=r"odd\.json: .*found an object with 'version'"):
         list(read_annotations(odd))

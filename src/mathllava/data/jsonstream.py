@@ -172,6 +172,8 @@ def json_layout(path: Path) -> tuple[str, str, int]:
                     keys[-1][1] = "list_obj" if event == "start_map" else "list_other"
         except ijson.JSONError:  # the layout is unknown, so no record can be trusted: refuse now
             raise AnnotationError(f"{path}: invalid JSON at {_fault(path, 'list', 'item')}") from None
+    if any(name == "conversations" for name, _ in keys):
+        raise AnnotationError(f"{path}: the file is one record (it has 'conversations'); expected a list of records")
     lists = [name for name, kind in keys if kind == "list_obj"] or \
             [name for name, kind in keys if kind == "list"]
     described = ", ".join(f"{name!r} ({kind or '?'})" for name, kind in keys[:10]) or "no keys"
