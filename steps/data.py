@@ -5,8 +5,8 @@ from typing import Annotated, Tuple
 import pandas as pd
 from zenml import step
 
-from mathllava.ingest import ingest_many
-from mathllava.synthetic import GeneratorConfig, generate
+from mathllava.data.ingest import ingest_many
+from mathllava.data.synthetic import GeneratorConfig, generate
 from mathllava.tracking import log_metrics, mark_training_experiment
 
 from ._state import state_dir

@@ -6,7 +6,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import get_step_context, step
 
-from mathllava.ingest import manifest_digest
+from mathllava.data.ingest import manifest_digest
 from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, alias_version, compare_with_champion,
                                          log_comparison, promote, registry_lock)
 from mathllava.registry.versions import gate, register_model_dir, set_alias

@@ -4,7 +4,7 @@ import pandas as pd
 from zenml import step
 
 from mathllava import plots
-from mathllava.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, score_images,
+from mathllava.data.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, score_images,
                                  stratified_sample)
 from mathllava.tracking import log_dict, log_figure, log_metrics
 

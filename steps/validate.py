@@ -4,7 +4,7 @@ import pandas as pd
 from zenml import step
 
 from mathllava.tracking import log_dict, log_metrics
-from mathllava.validation import ValidationRules, summarize_result, validate_manifest as run_validation
+from mathllava.data.validation import ValidationRules, summarize_result, validate_manifest as run_validation
 
 
 @step

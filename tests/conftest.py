@@ -46,7 +46,7 @@ def state_dir() -> Path:
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory):
     """A generated dataset shared by several tests (LLaVA JSON + PNGs)."""
-    from mathllava.synthetic import GeneratorConfig, generate
+    from mathllava.data.synthetic import GeneratorConfig, generate
 
     out = tmp_path_factory.mktemp("synthetic")
     path = generate(out, GeneratorConfig(n_images=96, seed=11, image_size=160, unclear_fraction=0.2))

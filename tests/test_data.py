@@ -7,8 +7,8 @@ from PIL import Image
 
 from mathllava import synthetic
 from mathllava.formats import parse_gpt_turn, parse_human_turn
-from mathllava.ingest import UnsafePathError, ingest_llava, manifest_digest, resolve_image_path
-from mathllava.validation import ValidationRules, validate_manifest
+from mathllava.data.ingest import UnsafePathError, ingest_llava, manifest_digest, resolve_image_path
+from mathllava.data.validation import ValidationRules, validate_manifest
 
 
 def test_generator_is_deterministic(tmp_path):

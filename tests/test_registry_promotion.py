@@ -151,7 +151,7 @@ def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models
 
     from mathllava.registry.evaluate import scorer
     from mathllava.registry.promotion import EvalSettings
-    from mathllava.synthetic import GeneratorConfig, generate
+    from mathllava.data.synthetic import GeneratorConfig, generate
 
     heldout = generate(tmp_path / "heldout", GeneratorConfig(n_images=6, seed=5, image_size=64, unclear_fraction=0.0))
     name = "promo-eval"
@@ -165,7 +165,7 @@ def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models
 
 @pytest.mark.slow
 def test_two_concurrent_promotions_leave_one_consistent_result(server, tiny_models, tmp_path):
-    from mathllava.synthetic import GeneratorConfig, generate
+    from mathllava.data.synthetic import GeneratorConfig, generate
 
     name = "promo-concurrent"
     v1 = _register(server, name, tiny_models[0])

@@ -5,8 +5,8 @@ import pytest
 
 from mathllava import synthetic
 from mathllava.augmentation import AugmentConfig, augment, rule_rephrase, rule_underspecify
-from mathllava.ingest import ingest_llava
-from mathllava.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, defects,
+from mathllava.data.ingest import ingest_llava
+from mathllava.data.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, defects,
                                  even_quota, image_stats, level_targets, score_images, stratified_sample)
 
 CLARITY = ClarityRules(max_blockiness=1.45)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .synthetic import QuestionSpec, scene_questions
+from .data.synthetic import QuestionSpec, scene_questions
 
 AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified")
 

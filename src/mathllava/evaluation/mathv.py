@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..ingest import resolve_image_path
+from ..paths import resolve_image_path
 
 LETTERS = "ABCDE"
 ANSWER_PHRASES = ("the final answer is", "the answer is", "the correct answer is", "the answer should be")

@@ -257,7 +257,7 @@ def load_mathvista(path: str | Path, images_dir: str | Path | None = None, limit
     `query` is used when present, else the zero-shot query is built."""
     import json
 
-    from ..ingest import resolve_image_path
+    from ..paths import resolve_image_path
 
     path = Path(path)
     data = json.loads(path.read_text(encoding="utf-8"))

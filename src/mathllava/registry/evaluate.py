@@ -15,7 +15,7 @@ from .promotion import EvalSettings
 
 def evaluation_sets(settings: EvalSettings) -> dict[str, list[dict]]:
     from ..evaluation.mathv import load_mathv
-    from ..ingest import ingest_many
+    from ..data.ingest import ingest_many
 
     sets = {}
     if settings.math_v_dir and (Path(settings.math_v_dir) / "images").is_dir():

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..ingest import UnsafePathError, resolve_image_path
+from ..paths import UnsafePathError, resolve_image_path
 from .data import DataError, encode_conversation, pixel_normalizer, raw_pixels
 
 FORMAT = 1

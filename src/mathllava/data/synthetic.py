@@ -623,7 +623,7 @@ CHAINS = [["grass", "rabbit", "fox", "eagle"], ["algae", "shrimp", "fish", "seal
 
 def _chain_scene(rng: random.Random, level: int) -> dict:
     chain = rng.choice(CHAINS)
-    length = min(len(chain), [3, 3, 4, 5][level])
+    length = min(len(chain), [2, 3, 4, 5][level])  # the level shows: one more organism each
     return {"chain": chain[:length], "vertical": rng.random() < 0.5, "colour": rng.choice(COLOUR_NAMES)}
 
 
@@ -723,9 +723,9 @@ def _shapes_questions(scene: dict, rng: random.Random) -> list[QuestionSpec]:
 
 
 def _spatial_scene(rng: random.Random, level: int) -> dict:
-    n = [2, 2, 3, 4][level]
+    n = [2, 3, 4, 5][level]  # the level shows: one more object each
     cols = rng.sample(COLOUR_NAMES, n)
-    xs = rng.sample([0.2, 0.4, 0.6, 0.8], n)
+    xs = rng.sample([0.14, 0.32, 0.5, 0.68, 0.86], n)
     return {"objects": [{"shape": rng.choice(SHAPES), "colour": c, "x": x, "y": rng.uniform(0.3, 0.7)}
                         for c, x in zip(cols, xs)]}
 
@@ -833,7 +833,7 @@ class GeneratorConfig:
 def generate(out_dir: str | Path, cfg: GeneratorConfig, progress: bool = False) -> Path:
     """Write `<out_dir>/images/<source>/<id>.png` plus `<out_dir>/data.json`, a list of LLaVA
     conversation records carrying MathVista-style metadata. Returns the JSON path."""
-    from .formats import record_from_spec
+    from ..formats import record_from_spec
 
     out = Path(out_dir)
     rng = random.Random(cfg.seed)

@@ -10,20 +10,30 @@ import json
 from dataclasses import dataclass, field
 
 import pandas as pd
+from pydantic import Field, model_validator
 
-from .formats import ANSWER_TYPES, QUESTION_TYPES, TASK_NAMES
+from ..formats import ANSWER_TYPES, QUESTION_TYPES, TASK_NAMES
+from ..settings import Strict
+from .sources import UNKNOWN
 
 
-@dataclass
-class ValidationRules:
-    min_side: int = 32
-    max_side: int = 4096
-    max_question_chars: int = 2000
-    max_answer_chars: int = 200
-    max_failure_rate: float = 0.2
-    task_types: tuple[str, ...] = tuple(TASK_NAMES)
+class ValidationRules(Strict):
+    """The quality suite's limits (`validate`)."""
+
+    min_side: int = Field(32, gt=0)
+    max_side: int = Field(4096, gt=0)
+    max_question_chars: int = Field(2000, gt=0)
+    max_answer_chars: int = Field(200, gt=0)
+    max_failure_rate: float = Field(0.2, ge=0, le=1)   # per input dataset, ingest and validation faults together
+    task_types: tuple[str, ...] = (*TASK_NAMES, UNKNOWN)
     question_types: tuple[str, ...] = QUESTION_TYPES
     answer_types: tuple[str, ...] = ANSWER_TYPES
+
+    @model_validator(mode="after")
+    def _sides(self) -> "ValidationRules":
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) must not exceed max_side ({self.max_side})")
+        return self
 
 
 @dataclass
@@ -31,8 +41,10 @@ class ValidationOutcome:
     valid: pd.DataFrame
     quarantine: pd.DataFrame
     result: dict
-    failure_rate: float
+    failure_rate: float                               # every stage, every dataset
     counts_by_reason: dict = field(default_factory=dict)
+    per_dataset: dict = field(default_factory=dict)   # dataset -> {read, failed, rate}
+    max_failure_rate: float = 1.0
 
     @property
     def passed(self) -> bool:
@@ -59,14 +71,13 @@ def build_expectations(rules: ValidationRules) -> list:
         gxe.ExpectColumnValuesToBeUnique(column="id", meta={"reason": "duplicate id"}),
         gxe.ExpectColumnValuesToNotBeNull(column="answer", meta={"reason": "missing answer"}),
         gxe.ExpectColumnValuesToNotBeNull(column="question", meta={"reason": "missing question"}),
-        gxe.ExpectColumnValuesToBeInSet(column="image_ok", value_set=[True], meta={"reason": "image does not decode"}),
+        gxe.ExpectColumnValuesToBeInSet(column="image_ok", value_set=[True], meta={"reason": "image fault"}),
         gxe.ExpectColumnValuesToBeBetween(column="width_checked", min_value=rules.min_side, max_value=rules.max_side,
                                           meta={"reason": "image width out of range"}),
         gxe.ExpectColumnValuesToBeBetween(column="height_checked", min_value=rules.min_side, max_value=rules.max_side,
                                           meta={"reason": "image height out of range"}),
         gxe.ExpectColumnValuesToBeInSet(column="task_type", value_set=list(rules.task_types),
                                         meta={"reason": "unknown task type"}),
-        gxe.ExpectColumnValuesToNotBeNull(column="task_type", meta={"reason": "missing task type"}),
         gxe.ExpectColumnValuesToBeInSet(column="question_type", value_set=list(rules.question_types),
                                         meta={"reason": "unknown question type"}),
         gxe.ExpectColumnValuesToBeInSet(column="answer_type", value_set=list(rules.answer_types),
@@ -93,7 +104,24 @@ def run_suite(frame: pd.DataFrame, rules: ValidationRules, suite_name: str = "ma
     return result.to_json_dict()
 
 
-def _failing_rows(result: dict, frame: pd.DataFrame) -> dict[int, list[str]]:
+def _detail(reason: str, column: str, row: pd.Series, rules: ValidationRules) -> str:
+    """The reason with the row's own fault: which image problem, which size, which length."""
+    if column == "image_ok":
+        return str(row.get("image_error") or "image does not decode")
+    if column in ("width_checked", "height_checked"):
+        side = column.split("_")[0]
+        value = row.get(column)
+        shown = "unknown" if value is None or value < 0 else int(value)
+        return f"image {side} {shown} out of range [{rules.min_side}, {rules.max_side}]"
+    if column in ("question_chars", "answer_chars"):
+        limit = rules.max_question_chars if column == "question_chars" else rules.max_answer_chars
+        return f"{reason}: {int(row.get(column))} characters (1..{limit})"
+    if column in ("task_type", "question_type", "answer_type"):
+        return f"{reason}: {row.get(column)!r}"
+    return reason
+
+
+def _failing_rows(result: dict, frame: pd.DataFrame, rules: ValidationRules) -> dict[int, list[str]]:
     """Row index -> reasons, from each failed expectation's unexpected index list."""
     reasons: dict[int, list[str]] = {}
     for res in result["results"]:
@@ -101,29 +129,50 @@ def _failing_rows(result: dict, frame: pd.DataFrame) -> dict[int, list[str]]:
             continue
         cfg = res["expectation_config"]
         reason = (cfg.get("meta") or {}).get("reason") or cfg["type"]
+        column = cfg["kwargs"].get("column")
         indices = res["result"].get("unexpected_index_list") or []
         if cfg["type"] == "expect_column_values_to_be_unique":
             # keep the first occurrence of a duplicated id; quarantine the later ones
             first = set(frame.drop_duplicates("id").index)
             indices = [i for i in indices if i not in first]
         for idx in indices:
-            reasons.setdefault(int(idx), []).append(reason)
+            reasons.setdefault(int(idx), []).append(_detail(reason, column, frame.loc[int(idx)], rules))
     return reasons
 
 
-def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules) -> ValidationOutcome:
+def failure_rates(manifest: pd.DataFrame, ingest_quarantine: pd.DataFrame | None,
+                  validation_quarantine: pd.DataFrame) -> tuple[float, dict[str, dict]]:
+    """(overall rate, per input dataset {read, failed, rate}): records that failed at ingest (unreadable,
+    wrong schema, unsafe path) or in the suite, over every record read."""
+    ingest_quarantine = ingest_quarantine if ingest_quarantine is not None else validation_quarantine.iloc[0:0]
+    ingest_failed = ingest_quarantine[ingest_quarantine["stage"] == "ingest"]
+    read = manifest.groupby("dataset").size().add(ingest_failed.groupby("dataset").size(), fill_value=0)
+    failed = ingest_failed.groupby("dataset").size().add(validation_quarantine.groupby("dataset").size(),
+                                                         fill_value=0)
+    per = {}
+    for dataset, n in read.items():
+        bad = int(failed.get(dataset, 0))
+        per[str(dataset)] = {"read": int(n), "failed": bad, "rate": bad / n if n else 0.0}
+    total = int(read.sum()) if len(read) else 0
+    return (int(failed.sum()) / total if total else 0.0), per
+
+
+def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules,
+                      ingest_quarantine: pd.DataFrame | None = None) -> ValidationOutcome:
     frame = _prepare(manifest)
     if frame.empty:
         raise ValueError("manifest is empty: nothing was ingested")
     result = run_suite(frame, rules)
-    failing = _failing_rows(result, frame)
+    failing = _failing_rows(result, frame, rules)
     bad = sorted(failing)
     quarantine = pd.DataFrame(
         {
             "id": frame.loc[bad, "id"].astype(str).values,
             "dataset": frame.loc[bad, "dataset"].values,
+            "source": frame.loc[bad, "source"].values,
             "stage": "validate",
             "reason": ["; ".join(failing[i]) for i in bad],
+            "origin": frame.loc[bad, "origin"].values if "origin" in frame else None,
             "record": [json.dumps({"image": frame.at[i, "image"], "image_error": frame.at[i, "image_error"],
                                    "question": str(frame.at[i, "question"])[:300]}, default=str) for i in bad],
         }
@@ -132,8 +181,20 @@ def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules) -> Validat
     counts: dict[str, int] = {}
     for reasons in failing.values():
         for r in reasons:
-            counts[r] = counts.get(r, 0) + 1
-    return ValidationOutcome(valid, quarantine, result, len(bad) / len(frame), counts)
+            key = r.split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+    if ingest_quarantine is not None:
+        for r in ingest_quarantine["reason"]:
+            key = str(r).split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+    overall, per_dataset = failure_rates(manifest, ingest_quarantine, quarantine)
+    return ValidationOutcome(valid, quarantine, result, overall, counts, per_dataset, rules.max_failure_rate)
+
+
+def gate_failures(outcome: "ValidationOutcome") -> list[str]:
+    """Datasets whose failure rate passes the limit, as `name: 41.0% of 200 records`."""
+    return [f"{name}: {v['rate']:.1%} of {v['read']} records ({v['failed']} failed)"
+            for name, v in sorted(outcome.per_dataset.items()) if v["rate"] > outcome.max_failure_rate]
 
 
 def summarize_result(result: dict) -> dict:
