@@ -1,47 +1,51 @@
 import hashlib
 import json
-from typing import Annotated, Tuple
+from pathlib import Path
+from typing import Annotated, Optional, Tuple
 
 import pandas as pd
 from zenml import step
 
-from mathllava.data.ingest import ingest_many
+from mathllava.data.config import DataSettings
+from mathllava.data.ingest import SourceSpec, ingest_many
 from mathllava.data.synthetic import GeneratorConfig, generate
 from mathllava.tracking import log_metrics, mark_training_experiment
 
 from ._state import state_dir
 
 
-def _generate(cfg: dict, split: str) -> str:
-    key = hashlib.sha256(json.dumps({**cfg, "split": split}, sort_keys=True).encode()).hexdigest()[:12]
-    out = state_dir() / "data" / f"synthetic-{split}-{key}"
+def _generate(cfg: GeneratorConfig) -> str:
+    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    out = state_dir() / "data" / f"{cfg.id_prefix}-{key}"
     done = out / "data.json"
     if not done.exists():  # content-addressed: the same config always gives the same folder
-        generate(out, GeneratorConfig(**{**cfg, "level_weights": tuple(cfg["level_weights"]),
-                                         "id_prefix": f"synth-{split}"}), progress=True)
+        generate(out, cfg, progress=True)
     return str(done)
 
 
 @step
-def generate_synthetic(data: dict) -> Tuple[Annotated[str, "train_annotations"], Annotated[str, "heldout_annotations"]]:
-    """Render the synthetic training pool and the held-out split (LLaVA JSON + PNG folders)."""
-    synthetic = data["synthetic"]
-    heldout = {**synthetic, **data["heldout"], "unclear_fraction": 0.0}
-    return _generate(synthetic, "train"), _generate(heldout, "heldout")
+def generate_synthetic(data: DataSettings) -> Tuple[
+    Annotated[str, "train_annotations"], Annotated[str, "heldout_annotations"], Annotated[Optional[str], "scorer_annotations"]
+]:
+    """Render the synthetic pool, the held-out split and the scorer's labelled share (LLaVA JSON + PNG folders)."""
+    scorer = _generate(data.split("scorer")) if data.scorer_labels is not None else None
+    return _generate(data.split("train")), _generate(data.split("heldout")), scorer
 
 
 @step
-def ingest_sources(annotations: str, data: dict, include_extra: bool = True) -> Tuple[
+def ingest_sources(annotations: Optional[str], data: DataSettings, include_extra: bool = True) -> Tuple[
     Annotated[pd.DataFrame, "manifest"], Annotated[pd.DataFrame, "ingest_quarantine"]
 ]:
-    """One manifest row per sample from the generator's output and any MathV360K-format folders."""
-    from pathlib import Path
-
-    specs = [{"annotations": annotations, "image_root": str(Path(annotations).parent / "images"),
-              "name": Path(annotations).parent.name}]
+    """One manifest row per sample from the generator's output and any extra sources (any supported format)."""
+    specs = []
+    if annotations:
+        specs.append(SourceSpec(annotations=annotations, image_root=str(Path(annotations).parent / "images"),
+                                name=Path(annotations).parent.name))
     if include_extra:
-        specs += data.get("extra_sources") or []
+        specs += data.extra_sources
     mark_training_experiment()
-    manifest, quarantine = ingest_many(specs, int(data["max_pixels"]), progress=True)
-    log_metrics({"ingested": len(manifest), "ingest_quarantined": len(quarantine)}, section="data")
+    manifest, quarantine = ingest_many(specs, data.images, progress=True)
+    unknown = int((manifest["task_type"] == "unknown").sum()) if len(manifest) else 0
+    log_metrics({"ingested": len(manifest), "ingest_quarantined": len(quarantine), "unknown_task": unknown,
+                 **{f"ingested_{t}": int(n) for t, n in manifest["task_type"].value_counts().items()}}, section="data")
     return manifest, quarantine

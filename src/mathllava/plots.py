@@ -57,3 +57,39 @@ def accuracy_bars(named: dict[str, dict[str, float]], title: str):
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
     return fig
+
+
+def confusion_matrix(matrix: list[list[int]], title: str, labels: list[str] | None = None):
+    """Counts with labelled level on the rows and predicted level on the columns."""
+    import numpy as np
+
+    data = np.asarray(matrix)
+    labels = labels or [str(i) for i in range(len(data))]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(data, cmap="Blues")
+    for (i, j), value in np.ndenumerate(data):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > data.max() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted level")
+    ax.set_ylabel("labelled level")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def selection_vs_targets(levels: dict, tolerance: float):
+    """Selected share per level against the target share, with the tolerance band."""
+    keys = sorted(levels, key=int)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    target = [100 * levels[k]["target_share"] for k in keys]
+    got = [100 * levels[k]["share"] for k in keys]
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], target, width=0.4, label="target")
+    ax.bar([i + 0.2 for i in x], got, width=0.4, label="selected")
+    ax.errorbar(list(x), target, yerr=100 * tolerance, fmt="none", ecolor="black", capsize=6, label="tolerance")
+    ax.set_xticks(list(x), [f"level {k}" for k in keys])
+    ax.set_ylabel("share of the budget (%)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -88,3 +88,10 @@ def log_dict(data: dict, name: str) -> None:
         import mlflow
 
         mlflow.log_dict(data, name)
+
+
+def log_artifact(path, artifact_path: str | None = None) -> None:
+    if _active():
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path)

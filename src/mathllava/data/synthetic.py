@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from pydantic import Field, field_validator
+
+from ..settings import Strict
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -819,15 +822,31 @@ def degrade(img: Image.Image, kind: str, rng: random.Random) -> Image.Image:
     raise ValueError(f"unknown degradation {kind!r}")
 
 
-@dataclass
-class GeneratorConfig:
-    n_images: int = 600
+class GeneratorConfig(Strict):
+    """`data.synthetic` (and the held-out and scorer splits): the procedural source."""
+
+    n_images: int = Field(600, ge=0)
     seed: int = 0
-    image_size: int = 224
-    unclear_fraction: float = 0.1
+    image_size: int = Field(224, ge=32, le=2048)
+    unclear_fraction: float = Field(0.1, ge=0, le=1)
     level_weights: tuple[float, float, float, float] = (0.3, 0.4, 0.2, 0.1)
     sources: tuple[str, ...] | None = None  # default: every template
     id_prefix: str = "synth"
+
+    @field_validator("level_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(w < 0 for w in value) or sum(value) <= 0:
+            raise ValueError(f"level weights must be non-negative with a positive sum, got {list(value)}")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _known(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(value or ()) - set(TEMPLATES))
+        if unknown:
+            raise ValueError(f"unknown templates {unknown}; known: {sorted(TEMPLATES)}")
+        return value
 
 
 def generate(out_dir: str | Path, cfg: GeneratorConfig, progress: bool = False) -> Path:
