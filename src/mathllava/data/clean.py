@@ -122,8 +122,9 @@ _POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
 
 def _popcount_lut(x: np.ndarray) -> np.ndarray:
     """Bits set per uint64, through a byte lookup table (numpy without `bitwise_count`)."""
-    x = np.ascontiguousarray(x, dtype=np.uint64)
-    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+    x = np.asarray(x, dtype=np.uint64)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    return _POPCOUNT8[flat.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.uint8).reshape(x.shape)
 
 
 def hamming(a, b) -> np.ndarray:
