@@ -232,6 +232,8 @@ def test_guard_on_a_small_benchmark_counts_each_kind(tmp_path, images, bench):
     assert set(removed["stage"]) == {"contamination"}
     assert report["by_kind"] == {"image_exact": 1, "image_near": 1, "question": 1}
     assert report["by_benchmark"] == {"tiny": 3} and (report["removed"], report["rows_kept"]) == (3, 2)
+    off = settings.model_copy(update={"enabled": False})
+    assert len(guard(rows, index, off)[0]) == 5 and not load_benchmarks(off).questions
     strict = settings.model_copy(update={"min_question_words": 30, "phash_distance": near - 1})
     assert guard(rows, index, strict)[0]["id"].tolist() == ["t2", "t3", "t4", "t5"]
 

@@ -316,7 +316,7 @@ def guard(manifest: pd.DataFrame, index: BenchmarkIndex,
     settings = settings or ContaminationSettings()
     kinds = {"image_exact": 0, "image_near": 0, "question": 0}
     report = {"enabled": settings.enabled, "rows_in": len(manifest), "removed": 0, "by_benchmark": {},
-              "by_kind": kinds, "benchmarks": index.report, "images_indexed": len(index.sha),
+              "by_kind": kinds, "benchmarks": {k: dict(v) for k, v in index.report.items()}, "images_indexed": len(index.sha),
               "questions_indexed": len(index.questions)}
     if not settings.enabled or manifest.empty:
         report["rows_kept"] = len(manifest)
