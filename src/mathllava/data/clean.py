@@ -152,24 +152,19 @@ def _sha_list(series: pd.Series) -> list[str | None]:
     return [v if isinstance(v, str) and v else None for v in series]
 
 
-def _quarantine(rows: pd.DataFrame, reasons: list[str], stage: str) -> pd.DataFrame:
-    records = [json.dumps(r, ensure_ascii=False, default=str)[:2000] for r in rows.to_dict("records")]
-
-    def get(col: str) -> list:
-        return rows[col].tolist() if col in rows.columns else [None] * len(rows)
-
-    return pd.DataFrame({"id": get("id"), "dataset": get("dataset"), "source": get("source"),
-                         "stage": stage, "reason": reasons, "origin": get("origin"), "record": records},
-                        columns=QUARANTINE_COLUMNS)
-
-
 def _split(manifest: pd.DataFrame, removed: dict[int, str], stage: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, quarantine) for positional row numbers -> reason, both in manifest order."""
+    """(kept, quarantine) for positional row numbers -> reason, both in manifest order; the
+    quarantine's `record` is the removed row as JSON (at most 2000 characters)."""
     mask = np.zeros(len(manifest), dtype=bool)
     order = sorted(removed)
     mask[order] = True
-    kept = manifest.iloc[~mask].reset_index(drop=True)
-    return kept, _quarantine(manifest.iloc[order], [removed[i] for i in order], stage)
+    rows = manifest.iloc[order]
+    data = {col: rows[col].tolist() if col in rows.columns else [None] * len(rows)
+            for col in ("id", "dataset", "source", "origin")}
+    data.update(stage=[stage] * len(rows), reason=[removed[i] for i in order],
+                record=[json.dumps(r, ensure_ascii=False, default=str)[:2000] for r in rows.to_dict("records")])
+    table = pd.DataFrame(data, columns=QUARANTINE_COLUMNS, dtype=object)
+    return manifest.iloc[~mask].reset_index(drop=True), table
 
 
 # -------------------------------------------------------------------------------------------- dedup
