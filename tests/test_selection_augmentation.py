@@ -4,7 +4,8 @@ import random
 import pytest
 
 from mathllava import synthetic
-from mathllava.augmentation import AugmentConfig, augment, rule_rephrase, rule_underspecify
+from mathllava.augment import AugmentSettings, augment
+from mathllava.augment.programmatic import rule_rephrase, rule_underspecify
 from mathllava.ingest import ingest_llava
 from mathllava.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, defects,
                                  even_quota, image_stats, level_targets, score_images, stratified_sample)
@@ -71,10 +72,12 @@ def test_stratified_sample_drops_unclear_and_spreads_sources(scored):
 def test_augmentation_answers_match_the_scene(small_dataset):
     manifest, _ = ingest_llava(small_dataset, small_dataset.parent / "images")
     seeds = manifest.iloc[:30]
-    out = augment(seeds, AugmentConfig(seed=2))
+    out, report = augment(seeds, AugmentSettings(seed=2, per_seed={"askimg": 2}), progress=False)
+    assert report["generator"] == "programmatic" and report["kept"] == len(out) - len(seeds)
     aug = out[out["aug_type"] != "original"]
     assert set(aug["aug_type"]) == {"new_question", "harder", "rephrased", "underspecified"}
     assert set(aug["parent_id"]) <= set(seeds["id"])
+    assert set(aug["generator"]) == {"programmatic"} and out.loc[:29, "generator"].isna().all()
     assert out["id"].is_unique
     for _, row in aug.iterrows():
         parent = seeds.set_index("id").loc[row["parent_id"]]
