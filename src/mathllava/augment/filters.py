@@ -3,8 +3,8 @@
 - too_short / too_long / answer_too_long: length bounds;
 - answer_type: a multiple-choice answer must be an option letter, a free-form answer a number of the
   stated type (integer, float);
-- duplicate / near_duplicate: the same question (normalised) or one at least `near_duplicate` similar,
-  among the questions of the same image, the seed's included;
+- duplicate / near_duplicate: the same question (normalised), or one at least `near_duplicate` similar
+  with the same answer, among the questions of the same image, the seed's included;
 - inconsistent: a judge model, answering the question on its own, does not give the same answer.
 """
 
@@ -61,20 +61,23 @@ def typed_answer(item: dict) -> dict | str:
 
 
 class ImageQuestions:
-    """The questions already kept for one image (its seed questions first)."""
+    """The questions already kept for one image (its seed questions first). A near duplicate is a
+    question at least `threshold` similar (difflib ratio of the normalised texts) with the same
+    answer: "the smallest bar" next to "the largest bar" asks something else."""
 
     def __init__(self, threshold: float):
         self.threshold = threshold
-        self.seen: list[str] = []
+        self.seen: list[tuple[str, str]] = []
 
-    def add(self, question: str) -> None:
-        self.seen.append(normalise(question))
+    def add(self, question: str, answer) -> None:
+        self.seen.append((normalise(question), str(answer).strip().lower()))
 
-    def reason(self, question: str) -> str | None:
-        text = normalise(question)
-        if text in self.seen:
+    def reason(self, question: str, answer) -> str | None:
+        text, answer = normalise(question), str(answer).strip().lower()
+        if any(text == other for other, _ in self.seen):
             return "duplicate"
-        if any(SequenceMatcher(None, text, other, autojunk=False).ratio() >= self.threshold for other in self.seen):
+        if any(a == answer and SequenceMatcher(None, text, other, autojunk=False).ratio() >= self.threshold
+               for other, a in self.seen):
             return "near_duplicate"
         return None
 

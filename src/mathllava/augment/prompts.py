@@ -110,6 +110,5 @@ def judge(item: dict) -> str:
 
 def seed_view(row: dict) -> dict:
     choices = row.get("choices")
-    if isinstance(choices, str):
-        choices = json.loads(choices)
+    choices = json.loads(choices) if isinstance(choices, str) else None  # a missing value may be NaN
     return {"question": row["question"], "answer": row["answer"], "choices": choices or None}

@@ -145,11 +145,11 @@ class ModelAugmenter:
                     typed = filters.typed_answer(item)
                     reason, item = (typed, item) if isinstance(typed, str) else (None, {**typed, "unit": None})
                 if reason is None:
-                    reason = seen_questions[image_digest(row)].reason(item["question"])
+                    reason = seen_questions[image_digest(row)].reason(item["question"], item["answer"])
                 if reason is not None:
                     self.drops[reason] += 1
                     continue
-                seen_questions[image_digest(row)].add(item["question"])
+                seen_questions[image_digest(row)].add(item["question"], item["answer"])
                 out.append((row, GENERATORS[generator], item))
         return out
 
@@ -179,7 +179,7 @@ class ModelAugmenter:
         seen: dict[str, filters.ImageQuestions] = {}
         for row in all_rows:  # every seed question of an image counts, whichever generator it went to
             seen.setdefault(image_digest(row), filters.ImageQuestions(self.settings.filters.near_duplicate)).add(
-                row["question"])
+                row["question"], row["answer"])
         pairs = self.consistent(self.candidates(planned, replies, seen))
         numbering: Counter = Counter()
         rows = []
