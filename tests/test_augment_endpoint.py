@@ -186,3 +186,31 @@ def test_crash_drill_no_request_is_asked_twice(source, tmp_path):
     repeated = [k for k, n in received.items() if n > 1]
     assert len(repeated) == in_flight == 3 and all(received[k] == 2 for k in repeated)
     assert {k: v for k, v in out["kept"].items() if k != "original"} == EXPECTED_KEPT
+
+
+def test_the_pipeline_step_takes_the_endpoint_from_the_config(source, tmp_path):
+    """`parameters.augment` of a run config, checked by run.py before any step runs, then the
+    pipeline's augment step (its function, without an orchestrator) on a MathV360K-format source."""
+    import yaml
+
+    import run as run_py
+    from steps.augment import augment_questions
+
+    rows, names = source
+    config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    path = tmp_path / "run.yaml"
+    with ScriptedServer(names) as server:
+        config["parameters"]["augment"] = {**settings(server.url, tmp_path / "cache"), "cache_dir": None}
+        config["parameters"]["augment"]["endpoint"]["api_key"] = "sk-literal"
+        path.write_text(yaml.safe_dump(config))
+        with pytest.raises(SystemExit, match=r"run.yaml: parameters.augment.endpoint: .*literal `api_key`"):
+            run_py.check_config(str(path))
+        del config["parameters"]["augment"]["endpoint"]["api_key"]
+        path.write_text(yaml.safe_dump(config))
+        run_py.check_config(str(path))
+        curated = augment_questions.entrypoint(selection=rows, augment_cfg=config["parameters"]["augment"])
+    assert dict(Counter(curated["aug_type"])) == {"original": 3, **EXPECTED_KEPT}
+    assert set(curated["generator"].dropna()) == {f"endpoint:scripted@127.0.0.1:{server.httpd.server_port}"}
+    from mathllava.state import state_home
+
+    assert len(ReplyCache(state_home() / "cache" / "augment")) >= TOTAL     # the state folder's reply cache

@@ -107,6 +107,7 @@ def run_jobs(jobs: list[Job], cache: ReplyCache, budget: Budget, stats: Stats, c
                     stats.errors.append(f"{job.kind}: {type(err).__name__}: {err}"[:300])
             return None
         cache.put(job.key, {"reply": reply, "kind": job.kind, "generator": job.client.identity,
+                            "image": job.image_digest, "prompt": job.prompt,
                             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
         budget.spend(prompt_tokens + completion_tokens)
         stats.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
