@@ -24,7 +24,8 @@ def augment_questions(selection: pd.DataFrame, augment_cfg: dict) -> Annotated[p
     numbers = {k: report[k] for k in ("kept", "model_kept", "dropped_total", "requests", "cache_hits",
                                       "failed_requests", "skipped_budget", "retries", "tokens", "seconds",
                                       "requests_per_s") if isinstance(report.get(k), (int, float))}
-    log_metrics({**numbers, **{f"kept/{k}": v for k, v in report["kept_by_aug_type"].items()},
-                 **{f"dropped/{k}": v for k, v in report.get("dropped", {}).items()}}, section="augment")
+    log_metrics(numbers, section="augment")
+    log_metrics(report["kept_by_aug_type"], section="augment/kept")
+    log_metrics(report.get("dropped", {}), section="augment/dropped")
     log_dict(report, "augment/report.json")
     return curated

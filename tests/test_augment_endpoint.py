@@ -188,10 +188,15 @@ def test_crash_drill_no_request_is_asked_twice(source, tmp_path):
     assert {k: v for k, v in out["kept"].items() if k != "original"} == EXPECTED_KEPT
 
 
+@pytest.mark.slow
 def test_the_pipeline_step_takes_the_endpoint_from_the_config(source, tmp_path):
     """`parameters.augment` of a run config, checked by run.py before any step runs, then the
     pipeline's augment step (its function, without an orchestrator) on a MathV360K-format source."""
+    from pathlib import Path
+
+    import mlflow
     import yaml
+    from mlflow.tracking import MlflowClient
 
     import run as run_py
     from steps.augment import augment_questions
@@ -208,7 +213,20 @@ def test_the_pipeline_step_takes_the_endpoint_from_the_config(source, tmp_path):
         del config["parameters"]["augment"]["endpoint"]["api_key"]
         path.write_text(yaml.safe_dump(config))
         run_py.check_config(str(path))
-        curated = augment_questions.entrypoint(selection=rows, augment_cfg=config["parameters"]["augment"])
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        mlflow.set_experiment("augment-test")
+        try:
+            with mlflow.start_run() as mlrun:
+                curated = augment_questions.entrypoint(selection=rows, augment_cfg=config["parameters"]["augment"])
+            logged = MlflowClient().get_run(mlrun.info.run_id).data.metrics
+            report = json.loads(Path(MlflowClient().download_artifacts(mlrun.info.run_id, "augment/report.json",
+                                                                       str(tmp_path))).read_text())
+        finally:
+            mlflow.set_tracking_uri("")
+    assert {k: logged[f"augment/kept/{k}"] for k in EXPECTED_KEPT} == EXPECTED_KEPT
+    assert {k: logged[f"augment/dropped/{k}"] for k in EXPECTED_DROPPED} == EXPECTED_DROPPED
+    assert logged["augment/requests"] == TOTAL and logged["data/curated_rows"] == 10
+    assert report["dropped"] == EXPECTED_DROPPED and report["kept"] == 7
     assert dict(Counter(curated["aug_type"])) == {"original": 3, **EXPECTED_KEPT}
     assert set(curated["generator"].dropna()) == {f"endpoint:scripted@127.0.0.1:{server.httpd.server_port}"}
     from mathllava.state import state_home
