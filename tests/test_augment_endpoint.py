@@ -183,6 +183,7 @@ def test_crash_drill_no_request_is_asked_twice(source, tmp_path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["report"]["cache_hits"] == 7 and out["report"]["requests"] == TOTAL - 7
     assert len(answered) == TOTAL and set(answered.values()) == {1}       # no reply was ever asked for twice
+    assert all(json.loads(p.read_text())["reply"] is not None for p in cache.rglob("*.json"))   # none torn
     repeated = [k for k, n in received.items() if n > 1]
     assert len(repeated) == in_flight == 3 and all(received[k] == 2 for k in repeated)
     assert {k: v for k, v in out["kept"].items() if k != "original"} == EXPECTED_KEPT

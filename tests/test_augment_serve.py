@@ -9,8 +9,7 @@ import json
 import pytest
 
 from augment_helpers import GENERATION_REQUESTS, JUDGE_REQUESTS, ScriptedServer, image_names, manifest, settings
-from mathllava.augment import AugmentSettings, augment
-from mathllava.augment import prompts
+from mathllava.augment import AugmentSettings, augment, prompts
 from mathllava.settings import parse
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,16 @@ def request_key(image_digest: str | None, prompt: str, generator: str, settings:
 
 
 class ReplyCache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, stale_after: float = 3600.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for tmp in self.root.glob("??/.*.tmp"):  # left by a killed run (a live one renames within seconds)
+            try:
+                if now - tmp.stat().st_mtime > stale_after:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

@@ -71,7 +71,8 @@ class LocalClient:
         counts: list[int] = []
         image = load_rgb(image_path) if image_path else None
         reply = self.backend.generate_images([prompt], [image], max_tokens, self.temperature, self.cfg.seed, counts)[0]
-        prompt_tokens = len(self.backend.processor.tokenizer(prompt)["input_ids"])
+        with self.backend._lock:  # a fast tokenizer used from two threads at once fails ("Already borrowed")
+            prompt_tokens = len(self.backend.processor.tokenizer(prompt)["input_ids"])
         return reply, prompt_tokens, counts[0] if counts else 0
 
 

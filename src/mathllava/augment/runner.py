@@ -214,7 +214,9 @@ def augment(selection: pd.DataFrame, settings: AugmentSettings, progress: bool |
     model_seeds = [r for r in rows if uses_model(r, settings)]
     rng = random.Random(settings.seed)
     by_parent: dict[str, list[dict]] = {}
-    for row in rows:
+    from tqdm import tqdm
+
+    for row in tqdm(rows, desc="augment: programmatic", unit="img", disable=not progress, dynamic_ncols=True):
         if not uses_model(row, settings):
             out = augment_row(pd.Series(row), settings.per_seed, rng)
             by_parent[row["id"]] = [{**r, "generator": PROGRAMMATIC} for r in out]
