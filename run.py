@@ -56,8 +56,9 @@ def summary(run) -> dict:
 
 
 def check_config(path: str) -> None:
-    """Refuse a config whose model, train, cluster or schedule section is wrong before any step runs
+    """Refuse a config whose model, train, augment, cluster or schedule section is wrong before any step runs
     (and before a schedule is sent anywhere)."""
+    from mathllava.augment import AugmentSettings
     from mathllava.k8s.config import ClusterLaunch
     from mathllava.registry.promotion import PromotionSettings
     from mathllava.schedule import check_cronjob_settings, schedule_of
@@ -71,6 +72,7 @@ def check_config(path: str) -> None:
         cluster = (data.get("parameters") or {}).get("cluster")
         register = (data.get("parameters") or {}).get("register") or {}
         parse(PromotionSettings, register.get("promotion"), "parameters.register.promotion", path)
+        parse(AugmentSettings, (data.get("parameters") or {}).get("augment"), "parameters.augment", path)
         zenml_model = (data.get("model") or {}).get("name")
         if zenml_model and register.get("model_name") and zenml_model != register["model_name"]:
             raise ValueError(f"{path}: model.name ({zenml_model}) and parameters.register.model_name "

@@ -5,9 +5,10 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from mathllava import synthetic
+from mathllava.data import synthetic
 from mathllava.formats import parse_gpt_turn, parse_human_turn
-from mathllava.data.ingest import UnsafePathError, ingest_llava, manifest_digest, resolve_image_path
+from mathllava.data.ingest import ImageLimits, ingest_source, manifest_digest
+from mathllava.paths import UnsafePathError, resolve_image_path
 from mathllava.data.validation import ValidationRules, validate_manifest
 
 
@@ -103,22 +104,27 @@ def _write_bad_source(tmp_path):
 
 def test_bad_input_is_quarantined_with_reasons_and_nothing_is_lost(tmp_path):
     path, root = _write_bad_source(tmp_path)
-    manifest, ingest_q = ingest_llava(path, root, "bad", max_pixels=100_000, task_default="MWP")
-    assert set(ingest_q["reason"].str.split(":").str[0]) == {"unsafe image path", "conversations must be a list of at least two turns", "record is not an object"}
+    manifest, ingest_q = ingest_source(path, root, "bad", ImageLimits(max_pixels=100_000), task="MWP")
+    assert set(ingest_q["reason"].str.split(":").str[0]) == {"unsafe image path", "missing conversations",
+                                                             "record is not an object", "missing answer"}
+    assert set(ingest_q["stage"]) == {"ingest"} and ingest_q["origin"].str.startswith(str(path)).all()
     outcome = validate_manifest(manifest, ValidationRules(max_failure_rate=1.0))
     flat = " | ".join(outcome.quarantine["reason"])
-    assert "duplicate id" in flat and "image does not decode" in flat and "missing answer" in flat
+    assert "duplicate id" in flat and "image does not decode" in flat
     assert list(outcome.valid["id"]) == ["good"]
     # every input record is accounted for: valid + quarantined at ingest + quarantined at validation
     assert len(outcome.valid) + len(ingest_q) + len(outcome.quarantine) == 9
     huge = manifest.set_index("id").loc["huge"]
-    assert not huge["image_ok"] and huge["image_error"].startswith("image too large")
-    assert manifest.set_index("id").loc["missing", "image_error"] == "image file missing"
+    assert not huge["image_ok"] and huge["image_error"].startswith("decompression bomb refused: 400x400")
+    assert manifest.set_index("id").loc["missing", "image_error"] == f"image file missing: {root.resolve() / 'src' / 'nope.png'}"
+    # each quarantine reason names the row's own image fault, not a generic one
+    reasons = outcome.quarantine.set_index("id")["reason"]
+    assert reasons["missing"].startswith("image file missing") and reasons["huge"].startswith("decompression bomb")
     assert outcome.counts_by_reason["duplicate id"] == 1
 
 
 def test_validation_accepts_clean_manifest_and_logs_gx_result(small_dataset):
-    manifest, quarantine = ingest_llava(small_dataset, small_dataset.parent / "images")
+    manifest, quarantine = ingest_source(small_dataset, small_dataset.parent / "images")
     assert quarantine.empty and manifest["image_ok"].all()
     outcome = validate_manifest(manifest, ValidationRules(min_side=16))
     assert outcome.passed and outcome.quarantine.empty and len(outcome.valid) == len(manifest)
@@ -127,7 +133,7 @@ def test_validation_accepts_clean_manifest_and_logs_gx_result(small_dataset):
 
 
 def test_manifest_digest_is_order_independent(small_dataset):
-    manifest, _ = ingest_llava(small_dataset, small_dataset.parent / "images")
+    manifest, _ = ingest_source(small_dataset, small_dataset.parent / "images")
     assert manifest_digest(manifest) == manifest_digest(manifest.iloc[::-1])
     changed = manifest.copy()
     changed.loc[0, "answer"] = "something else"

@@ -3,11 +3,13 @@ import random
 
 import pytest
 
-from mathllava import synthetic
-from mathllava.augmentation import AugmentConfig, augment, rule_rephrase, rule_underspecify
-from mathllava.data.ingest import ingest_llava
-from mathllava.data.selection import (ClarityRules, ComplexityRules, SamplingPlan, assign_complexity, defects,
-                                 even_quota, image_stats, level_targets, score_images, stratified_sample)
+from mathllava.data import synthetic
+from mathllava.augment import AugmentSettings, augment
+from mathllava.augment.programmatic import rule_rephrase, rule_underspecify
+from mathllava.data.imagestats import ClarityRules, defects, image_stats
+from mathllava.data.ingest import ingest_source
+from mathllava.data.selection import (SamplingPlan, SelectSettings, even_quota, level_targets, score_images,
+                                      stratified_sample)
 
 CLARITY = ClarityRules(max_blockiness=1.45)
 
@@ -24,7 +26,7 @@ def test_clarity_flags_degraded_images(tmp_path, kind, defect):
 
 
 def test_level_targets_follow_proportions_and_keep_all_top_level():
-    plan = SamplingPlan(target_size=100, proportions=(2, 3, 4, 1))
+    plan = SamplingPlan(target_size=100, proportions=(2, 3, 4, 1), seed=0)
     plenty = level_targets({0: 500, 1: 500, 2: 500, 3: 5}, plan)
     assert plenty[3] == 5                       # every scarce level-3 image kept
     assert sum(plenty.values()) == 100
@@ -35,7 +37,7 @@ def test_level_targets_follow_proportions_and_keep_all_top_level():
 
 
 def test_level_targets_keep_all_top_level_even_beyond_its_share():
-    out = level_targets({0: 100, 1: 100, 2: 100, 3: 30}, SamplingPlan(target_size=100))
+    out = level_targets({0: 100, 1: 100, 2: 100, 3: 30}, SamplingPlan(target_size=100, seed=0))
     assert out[3] == 30 and sum(out.values()) == 100
 
 
@@ -47,8 +49,12 @@ def test_even_quota_spreads_over_sources():
 
 @pytest.fixture(scope="module")
 def scored(small_dataset):
-    manifest, _ = ingest_llava(small_dataset, small_dataset.parent / "images")
-    return score_images(manifest, CLARITY, ComplexityRules(cuts=(3.4, 3.8, 4.4)))
+    manifest, _ = ingest_source(small_dataset, small_dataset.parent / "images")
+    cfg = SelectSettings(clarity=CLARITY, complexity={"cuts": (3.4, 3.8, 4.4)}, scorer={"enabled": False},
+                         sampling={"target_size": 40, "seed": 1})
+    scored, report, model = score_images(manifest, cfg)
+    assert report["method"] == "rules" and model is None
+    return scored
 
 
 def test_scoring_finds_the_unclear_images(scored):
@@ -58,8 +64,7 @@ def test_scoring_finds_the_unclear_images(scored):
 
 
 def test_stratified_sample_drops_unclear_and_spreads_sources(scored):
-    fitted, report = assign_complexity(scored, min_labelled=20)
-    assert report["method"] == "fitted" and 0 <= report["heldout_accuracy"] <= 1
+    fitted = scored
     selection, rep = stratified_sample(fitted, SamplingPlan(target_size=40, seed=1))
     assert len(selection) == rep["selected"] == 40
     assert selection["clear"].all()
@@ -69,12 +74,14 @@ def test_stratified_sample_drops_unclear_and_spreads_sources(scored):
 
 
 def test_augmentation_answers_match_the_scene(small_dataset):
-    manifest, _ = ingest_llava(small_dataset, small_dataset.parent / "images")
+    manifest, _ = ingest_source(small_dataset, small_dataset.parent / "images")
     seeds = manifest.iloc[:30]
-    out = augment(seeds, AugmentConfig(seed=2))
+    out, report = augment(seeds, AugmentSettings(seed=2, per_seed={"askimg": 2}), progress=False)
+    assert report["generator"] == "programmatic" and report["kept"] == len(out) - len(seeds)
     aug = out[out["aug_type"] != "original"]
     assert set(aug["aug_type"]) == {"new_question", "harder", "rephrased", "underspecified"}
     assert set(aug["parent_id"]) <= set(seeds["id"])
+    assert set(aug["generator"]) == {"programmatic"} and out.loc[:29, "generator"].isna().all()
     assert out["id"].is_unique
     for _, row in aug.iterrows():
         parent = seeds.set_index("id").loc[row["parent_id"]]

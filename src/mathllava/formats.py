@@ -129,7 +129,7 @@ def llava_record(row: dict, image: str) -> dict:
 
     problem = problem_from_row(row)
     meta = {k: (row[k].item() if hasattr(row[k], "item") else row[k])  # numpy scalars -> JSON numbers
-            for k in ("source", "task", "task_type", "aug_type", "parent_id", "complexity")
+            for k in ("source", "task", "task_type", "aug_type", "parent_id", "generator", "complexity")
             if row.get(k) is not None and row.get(k) == row.get(k)}  # NaN != NaN: missing
     meta.update({"question": problem["question"], "answer": problem["answer"], "choices": problem["choices"],
                  "question_type": problem["question_type"], "answer_type": problem["answer_type"],

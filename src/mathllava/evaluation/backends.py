@@ -180,8 +180,12 @@ class OpenAIChatBackend:
         return headers
 
     def chat(self, messages: list[dict], max_tokens: int | None = None) -> str:
-        """One chat completion; retries connection errors, timeouts, 429 and 5xx with exponential
+        """One chat completion's text; retries connection errors, timeouts, 429 and 5xx with exponential
         backoff (honouring Retry-After), fails at once on other 4xx."""
+        return self.completion(messages, max_tokens)["choices"][0]["message"]["content"] or ""
+
+    def completion(self, messages: list[dict], max_tokens: int | None = None) -> dict:
+        """The whole chat-completion response (choices, usage), with `chat`'s retries."""
         import requests
 
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -195,7 +199,9 @@ class OpenAIChatBackend:
                 response = self._session.post(f"{self.base_url}/chat/completions", json=payload,
                                               headers=self._headers(), timeout=self.timeout)
                 if response.status_code == 200:
-                    return response.json()["choices"][0]["message"]["content"] or ""
+                    body = response.json()
+                    body["choices"][0]["message"]  # a 200 without a message is a broken server: KeyError
+                    return body
                 last_error = HTTPStatusError(response.status_code, response.text)
                 if response.status_code not in self.RETRY_STATUS:
                     raise last_error

@@ -15,15 +15,14 @@ from .promotion import EvalSettings
 
 def evaluation_sets(settings: EvalSettings) -> dict[str, list[dict]]:
     from ..evaluation.mathv import load_mathv
-    from ..data.ingest import ingest_many
+    from ..data.ingest import ingest_source
 
     sets = {}
     if settings.math_v_dir and (Path(settings.math_v_dir) / "images").is_dir():
         sets["mathv"] = load_mathv(settings.math_v_dir, settings.math_v_limit)
     if settings.heldout_annotations:
         path = Path(settings.heldout_annotations)
-        manifest, _ = ingest_many([{"annotations": str(path), "image_root": str(path.parent / "images"),
-                                    "name": path.parent.name}], 40_000_000)
+        manifest, _ = ingest_source(path, path.parent / "images", path.parent.name)
         sets["heldout"] = [problem_from_row(r) | {"image_path": r["image_path"]} for r in manifest.to_dict("records")]
     if not sets:
         raise ValueError("no evaluation set: set promotion.eval.math_v_dir (with images/) or heldout_annotations")

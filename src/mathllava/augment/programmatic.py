@@ -1,31 +1,18 @@
-"""Question augmentation for selected images (the paper's AskImg, CompQ, RephQ and SimpQ).
-
-The paper asks GPT-4V; here questions come from each image's scene description, so every answer
-is computed, not guessed. Images without a scene (user sources) still get rule-based rephrased
-and underspecified questions that keep the original answer.
-"""
+"""The programmatic generator (the embedded default): the paper's AskImg, CompQ, RephQ and SimpQ for
+synthetic images, where questions come from each image's scene description, so every answer is
+computed, not guessed. Images without a scene still get rule-based rephrased and underspecified
+questions that keep the original answer. Counts per seed: `per_seed` (config.PerSeed)."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
-from dataclasses import dataclass
-
 import pandas as pd
 
-from .data.synthetic import QuestionSpec, scene_questions
+from ..data.synthetic import QuestionSpec, scene_questions
 
 AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified")
-
-
-@dataclass
-class AugmentConfig:
-    new_per_image: int = 2
-    harder_per_image: int = 1
-    rephrased_per_image: int = 1
-    underspecified_per_image: int = 1
-    seed: int = 0
 
 
 _LEADS = [
@@ -77,7 +64,8 @@ def _keep_answer(parent: pd.Series, question: str, aug_type: str, n: int) -> dic
     return row
 
 
-def augment_row(parent: pd.Series, cfg: AugmentConfig, rng: random.Random) -> list[dict]:
+def augment_row(parent: pd.Series, cfg, rng: random.Random) -> list[dict]:
+    """`cfg`: counts per seed (askimg, compq, rephq, simpq)."""
     out: list[dict] = []
     scene = json.loads(parent["scene"]) if isinstance(parent.get("scene"), str) else None
     if scene and "template" in scene:
@@ -86,35 +74,21 @@ def augment_row(parent: pd.Series, cfg: AugmentConfig, rng: random.Random) -> li
         original = next((s for s in specs if s.key == parent["question_key"]), None)
         others = [s for s in specs if s.key != parent["question_key"]]
         rng.shuffle(others)
-        harder = [s for s in others if s.steps >= 2][: cfg.harder_per_image]
-        fresh = [s for s in others if s not in harder][: cfg.new_per_image]
+        harder = [s for s in others if s.steps >= 2][: cfg.compq]
+        fresh = [s for s in others if s not in harder][: cfg.askimg]
         out += [_row_from_spec(parent, s, s.phrasings[0], "new_question", i) for i, s in enumerate(fresh)]
         out += [_row_from_spec(parent, s, s.phrasings[0], "harder", i) for i, s in enumerate(harder)]
         if original is not None:
             variants = [p for p in original.phrasings if p != parent["question"]]
             rng.shuffle(variants)
-            out += [_keep_answer(parent, q, "rephrased", i) for i, q in enumerate(variants[: cfg.rephrased_per_image])]
-            if cfg.underspecified_per_image and original.short != parent["question"]:
+            out += [_keep_answer(parent, q, "rephrased", i) for i, q in enumerate(variants[: cfg.rephq])]
+            if cfg.simpq and original.short != parent["question"]:
                 out.append(_keep_answer(parent, original.short, "underspecified", 0))
         return out
-    for i in range(cfg.rephrased_per_image):
+    for i in range(cfg.rephq):
         out.append(_keep_answer(parent, rule_rephrase(parent["question"], rng), "rephrased", i))
-    short = rule_underspecify(parent["question"]) if cfg.underspecified_per_image else None
+    short = rule_underspecify(parent["question"]) if cfg.simpq else None
     if short:
         out.append(_keep_answer(parent, short, "underspecified", 0))
     return out
 
-
-def augment(selection: pd.DataFrame, cfg: AugmentConfig, progress: bool = False) -> pd.DataFrame:
-    """The seed rows followed by their augmented rows, each tagged with aug_type and parent_id."""
-    rng = random.Random(cfg.seed)
-    rows = []
-    iterator = selection.iterrows()
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, total=len(selection), desc="augment", unit="img")
-    for _, parent in iterator:
-        rows.extend(augment_row(parent, cfg, rng))
-    augmented = pd.DataFrame(rows, columns=selection.columns) if rows else selection.iloc[0:0]
-    return pd.concat([selection, augmented], ignore_index=True)
