@@ -20,7 +20,9 @@ def summary(run) -> dict:
         return run.steps[step].outputs[output][0].load()
 
     validation = load("validate_manifest", "validation_report")
+    cleaning = load("clean_manifest", "clean_report")
     selection = load("select_images", "selection_report")
+    scorer = selection.get("scorer") or {}
     curated = load("augment_questions", "curated_dataset")
     training = load("train_model", "train_summary")
     evaluation = load("evaluate_model", "eval_report")
@@ -32,9 +34,18 @@ def summary(run) -> dict:
         "valid": validation["valid"],
         "quarantined": validation["quarantined"],
         "quarantine_reasons": validation["reasons"],
+        "failure_rate_by_dataset": {k: round(v["rate"], 4) for k, v in validation["per_dataset"].items()},
+        "duplicates_removed": cleaning["dedup"]["removed"],
+        "contamination_removed": cleaning["contamination"]["removed"],
+        "scorer": {"method": scorer.get("method"),
+                   **{f"{part}_{k}": round(scorer[part][k], 4) for part in ("complexity", "pool_complexity", "clarity")
+                      for k in ("exact", "within_one", "accuracy") if isinstance((scorer.get(part) or {}).get(k), float)}},
         "dropped_unclear": selection["dropped_unclear"],
         "selected": selection["selected"],
-        "selected_by_level": selection["targets_by_level"],
+        "selected_by_level": {k: f"{v['selected']} ({v['share']:.1%}, target {v['target_share']:.0%})"
+                              for k, v in selection["levels"].items()},
+        "selection_within_tolerance": selection["within_tolerance"],
+        "selection_policy": selection["policy"],
         "curated": len(curated),
         "augmented_by_type": curated["aug_type"].value_counts().to_dict(),
         "train_steps": training["global_step"],
@@ -56,9 +67,12 @@ def summary(run) -> dict:
 
 
 def check_config(path: str) -> None:
-    """Refuse a config whose model, train, augment, cluster or schedule section is wrong before any step runs
-    (and before a schedule is sent anywhere)."""
+    """Refuse a config whose data, validate, select, augment, model, train, cluster or schedule section is
+    wrong before any step runs (and before a schedule is sent anywhere): each error names its key's path."""
     from mathllava.augment import AugmentSettings
+    from mathllava.data.config import DataSettings
+    from mathllava.data.selection import SelectSettings
+    from mathllava.data.validation import ValidationRules
     from mathllava.k8s.config import ClusterLaunch
     from mathllava.registry.promotion import PromotionSettings
     from mathllava.schedule import check_cronjob_settings, schedule_of
@@ -72,7 +86,10 @@ def check_config(path: str) -> None:
         cluster = (data.get("parameters") or {}).get("cluster")
         register = (data.get("parameters") or {}).get("register") or {}
         parse(PromotionSettings, register.get("promotion"), "parameters.register.promotion", path)
-        parse(AugmentSettings, (data.get("parameters") or {}).get("augment"), "parameters.augment", path)
+        sections = {"data": DataSettings, "validate": ValidationRules, "select": SelectSettings,
+                    "augment": AugmentSettings}
+        for name, model in sections.items():
+            parse(model, (data.get("parameters") or {}).get(name), name, path, remote)
         zenml_model = (data.get("model") or {}).get("name")
         if zenml_model and register.get("model_name") and zenml_model != register["model_name"]:
             raise ValueError(f"{path}: model.name ({zenml_model}) and parameters.register.model_name "

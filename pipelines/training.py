@@ -2,25 +2,27 @@ from typing import Optional
 
 from zenml import pipeline
 
+from mathllava.augment import AugmentSettings
 from mathllava.data.config import DataSettings
 from mathllava.data.selection import SelectSettings
 from mathllava.data.validation import ValidationRules
 
-from steps import (augment_questions, evaluate_model, export_training_data, generate_synthetic, ingest_sources,
-                   register_model, select_images, train_model, validate_manifest)
+from steps import (augment_questions, clean_manifest, evaluate_model, export_training_data, generate_synthetic,
+                   ingest_sources, register_model, select_images, train_model, validate_manifest)
 
 
 @pipeline(name="mathllava_training")
-def mathllava_training(data: DataSettings, validate: ValidationRules, select: SelectSettings, augment: dict, model: dict, train: dict,
+def mathllava_training(data: DataSettings, validate: ValidationRules, select: SelectSettings, augment: AugmentSettings, model: dict, train: dict,
                        evaluate: dict, register: dict, cluster: Optional[dict] = None) -> None:
-    """ingest -> validate -> select -> augment -> export -> train -> evaluate -> register."""
+    """ingest -> validate -> clean (dedup, contamination) -> select -> augment -> export -> train -> evaluate -> register."""
     train_annotations, heldout_annotations, scorer_annotations = generate_synthetic(data=data)
     manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)
     heldout_manifest, _ = ingest_sources(annotations=heldout_annotations, data=data, include_extra=False,
                                          id="ingest_heldout")
     labelled, _ = ingest_sources(annotations=scorer_annotations, data=data, include_extra=False, id="ingest_scorer_labels")
     valid, _quarantine, _report = validate_manifest(manifest=manifest, ingest_quarantine=ingest_quarantine, rules=validate)
-    selection, _scored, _selection_report = select_images(valid_manifest=valid, select=select, labelled_manifest=labelled)
+    clean, _removed, _clean_report = clean_manifest(valid_manifest=valid, data=data)
+    selection, _scored, _selection_report = select_images(valid_manifest=clean, select=select, labelled_manifest=labelled)
     curated = augment_questions(selection=selection, augment_cfg=augment)
     training_data = export_training_data(curated_dataset=curated)
     model_dir, base_model, _summary = train_model(training_data=training_data, model_cfg=model, train_cfg=train,

@@ -4,18 +4,17 @@ import pandas as pd
 from zenml import step
 
 from mathllava.augment import AugmentSettings, augment
-from mathllava.settings import parse
 from mathllava.tracking import log_dict, log_metrics
 
 from ._state import state_dir
 
 
 @step
-def augment_questions(selection: pd.DataFrame, augment_cfg: dict) -> Annotated[pd.DataFrame, "curated_dataset"]:
+def augment_questions(selection: pd.DataFrame, augment_cfg: AugmentSettings) -> Annotated[pd.DataFrame, "curated_dataset"]:
     """Seed pairs plus new, harder, rephrased and underspecified questions per selected image, from the
     programmatic generator or a model (`parameters.augment.generator`); counts, drops by reason and
     the run's report go to MLflow."""
-    settings = parse(AugmentSettings, augment_cfg, "parameters.augment")
+    settings = augment_cfg
     if settings.cache_dir is None:
         settings = settings.model_copy(update={"cache_dir": str(state_dir() / "cache" / "augment")})
     curated, report = augment(selection, settings)

@@ -16,11 +16,11 @@ def _agreement_metrics(report: dict) -> dict:
         part = report.get(key) or {}
         for name in ("exact", "within_one"):
             if name in part:
-                out[f"scorer/{key}_{name}"] = part[name]
+                out[f"{key}_{name}"] = part[name]
     clarity = report.get("clarity") or {}
     for name in ("accuracy", "unclear_recall"):
         if clarity.get(name) is not None:
-            out[f"scorer/clarity_{name}"] = clarity[name]
+            out[f"clarity_{name}"] = clarity[name]
     return out
 
 
@@ -36,8 +36,10 @@ def select_images(valid_manifest: pd.DataFrame, select: SelectSettings,
     report["scorer"] = scorer_report
     log_metrics({"selected": len(selection), "dropped_unclear": report["dropped_unclear"],
                  **{f"selected_level_{k}": v["selected"] for k, v in report["levels"].items()},
-                 **{f"selected_share_level_{k}": v["share"] for k, v in report["levels"].items()},
-                 **_agreement_metrics(scorer_report)}, section="data")
+                 **{f"selected_share_level_{k}": v["share"] for k, v in report["levels"].items()}}, section="data")
+    log_metrics(_agreement_metrics(scorer_report), section="data/scorer")
+    for epoch, loss in enumerate(scorer_report.get("loss_by_epoch") or []):
+        log_metrics({"loss": loss}, section="data/scorer", step=epoch)
     log_dict(report, "selection/report.json")
     for key in ("complexity", "pool_complexity"):
         if (scorer_report.get(key) or {}).get("confusion"):

@@ -5,7 +5,7 @@ from zenml import step
 
 from mathllava.data.validation import (ValidationRules, gate_failures, summarize_result,
                                        validate_manifest as run_validation)
-from mathllava.tracking import log_dict, log_metrics, log_table
+from mathllava.tracking import log_dict, log_metrics, log_table, log_text
 
 
 @step
@@ -21,11 +21,12 @@ def validate_manifest(manifest: pd.DataFrame, ingest_quarantine: pd.DataFrame, r
               "failure_rate": outcome.failure_rate, "per_dataset": outcome.per_dataset,
               "reasons": outcome.counts_by_reason, "gx": summarize_result(outcome.result)}
     log_metrics({"validation_rows": len(manifest), "validation_valid": len(outcome.valid),
-                 "validation_quarantined": len(quarantine), "validation_failure_rate": outcome.failure_rate,
-                 **{f"failure_rate/{name}": v["rate"] for name, v in outcome.per_dataset.items()}},
+                 "validation_quarantined": len(quarantine), "validation_failure_rate": outcome.failure_rate},
                 section="data")
+    log_metrics({name: v["rate"] for name, v in outcome.per_dataset.items()}, section="data/failure_rate")
     log_dict(report, "validation/report.json")
     log_dict(outcome.result, "validation/gx_result.json")
+    log_text(outcome.docs_html, "validation/data_docs.html")  # GX Data Docs for this run
     if len(quarantine):
         log_table(quarantine[["id", "dataset", "source", "stage", "reason", "origin"]].astype(str).to_dict("list"),
                   "validation/quarantine.json")

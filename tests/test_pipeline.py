@@ -33,7 +33,8 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
 
     info = first_run
     assert info["ingested"] == info["valid"] + info["quarantined"]
-    assert info["selected"] == sum(info["selected_by_level"].values())
+    assert info["selected"] == sum(int(v.split()[0]) for v in info["selected_by_level"].values())
+    assert info["scorer"]["method"] == "learned"   # the labelled split trained the CNN scorer
     assert info["curated"] > info["selected"]
     assert set(info["augmented_by_type"]) == {"original", "new_question", "harder", "rephrased", "underspecified"}
     assert info["loss_last"] < info["loss_first"]
@@ -58,10 +59,15 @@ def test_pipeline_runs_end_to_end_and_registers(first_run, stack):
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     for metric in ("eval/heldout/model_accuracy", "eval/heldout/frequent_accuracy", "eval/heldout/base_accuracy",
                    "data/validation_failure_rate", "data/selected", "data/curated_rows", "train/loss",
+                   "data/scorer/complexity_exact", "data/scorer/clarity_accuracy", "data/selected_share_level_3",
                    "train/samples", "registry/gate_passed"):
         assert metric in run.data.metrics, metric
     assert any(k.startswith("train.") for k in run.data.params)
     assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [mv.tags["dataset_digest"]]
+    selection_files = {a.path for a in client.list_artifacts(run.info.run_id, "selection")}
+    assert {"selection/complexity_confusion.png", "selection/levels_vs_targets.png",
+            "selection/scorer.pt"} <= selection_files
+    assert "validation/data_docs.html" in {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/heldout_by_task.png" in artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "training")} == {"training/loss_curve.png"}

@@ -284,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     train = add_arguments(sub.add_parser("train", help="fine-tune a llava-hf base (see python -m mathllava.train)"))
     train.set_defaults(func=_train)
 
+    from .data.cli import register as register_data
     from .k8s.cli import register
     from .registry.cli import register as register_registry
 
     register(sub)
     register_registry(sub)
+    register_data(sub)
 
     sched = sub.add_parser("schedule", help="pipeline runs on a schedule on this machine (cron)") \
         .add_subparsers(dest="action", required=True)

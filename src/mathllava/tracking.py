@@ -95,3 +95,10 @@ def log_artifact(path, artifact_path: str | None = None) -> None:
         import mlflow
 
         mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_text(text: str, name: str) -> None:
+    if _active():
+        import mlflow
+
+        mlflow.log_text(text, name)

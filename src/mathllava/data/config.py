@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..settings import Strict
+from .clean import ContaminationSettings, DedupSettings
 from .ingest import ImageLimits, SourceSpec
 from .synthetic import GeneratorConfig
 
@@ -24,6 +25,8 @@ class DataSettings(Strict):
     scorer_labels: SplitSettings | None = None       # labelled share that trains the clarity/complexity scorer
     extra_sources: list[SourceSpec] = []             # annotation files in any supported format
     images: ImageLimits = ImageLimits()
+    dedup: DedupSettings = DedupSettings()                  # same image (exact or phash) + same question
+    contamination: ContaminationSettings = ContaminationSettings()  # evaluation sets never enter training
 
     def split(self, which: str) -> GeneratorConfig:
         """The generator settings of `train`, `heldout` or `scorer`."""

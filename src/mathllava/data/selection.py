@@ -188,21 +188,27 @@ def level_report(available: dict[int, int], selected: dict[int, int], plan: Samp
     share's deviation, and in words how each shortfall or excess was filled."""
     budget = plan.target_size
     weight = sum(plan.proportions)
+    top = len(plan.proportions) - 1
+    top_excess = plan.keep_all_top_level and selected.get(top, 0) > budget * plan.proportions[top] / weight + 0.5
     levels, notes = {}, []
     for lv, p in enumerate(plan.proportions):
         ideal = budget * p / weight
-        got = int(selected.get(lv, 0))
+        got, have = int(selected.get(lv, 0)), int(available.get(lv, 0))
         deviation = got / budget - p / weight
-        levels[lv] = {"available": int(available.get(lv, 0)), "ideal": round(ideal, 1), "selected": got,
-                      "share": got / budget, "target_share": p / weight, "deviation": deviation,
+        levels[lv] = {"available": have, "ideal": round(ideal, 1), "selected": got, "share": got / budget,
+                      "target_share": p / weight, "deviation": deviation,
                       "within_tolerance": abs(deviation) <= plan.tolerance}
-        top = lv == len(plan.proportions) - 1
-        if got < ideal - 0.5:
-            notes.append(f"level {lv}: {got} selected for an ideal {ideal:.0f} (only {available.get(lv, 0)} clear "
-                         f"images); the rest went to the levels with room, in proportion")
-        elif top and plan.keep_all_top_level and got > ideal + 0.5:
+        if got < ideal - 0.5 and have < ideal:
+            notes.append(f"level {lv}: short of supply, all {have} clear images taken for an ideal {ideal:.0f}; "
+                         f"the other levels with room filled the gap in proportion")
+        elif got < ideal - 0.5 and top_excess:
+            notes.append(f"level {lv}: {got} for an ideal {ideal:.0f}, shrunk in proportion to make room for "
+                         f"level {top}, kept whole")
+        elif lv == top and top_excess:
             notes.append(f"level {lv}: all {got} images kept (keep_all_top_level), {got - ideal:.0f} over its "
-                         f"ideal {ideal:.0f}; the other levels shrank in proportion")
+                         f"ideal {ideal:.0f}")
+        elif got > ideal + 0.5:
+            notes.append(f"level {lv}: {got} for an ideal {ideal:.0f}, filling a shortfall elsewhere")
     total = sum(selected.values())
     if total < budget:
         notes.append(f"budget: {total} selected of {budget} ({sum(available.values())} clear images available)")

@@ -676,12 +676,16 @@ SIZES = {"small": 0.06, "large": 0.13}
 
 def _shapes_scene(rng: random.Random, level: int) -> dict:
     n = rng.randrange(*[(1, 3), (3, 5), (5, 8), (8, 12)][level])
-    objects = []
+    objects, misses = [], 0
     while len(objects) < n:
         obj = {"shape": rng.choice(SHAPES), "colour": rng.choice(COLOUR_NAMES), "size": rng.choice(list(SIZES)),
                "x": rng.uniform(0.15, 0.85), "y": rng.uniform(0.15, 0.85)}
         if all(math.hypot(obj["x"] - o["x"], obj["y"] - o["y"]) > 0.2 for o in objects):
             objects.append(obj)
+        else:
+            misses += 1
+            if misses > 500:  # a crowded layout can leave no room for the next object: start over
+                objects, misses = [], 0
     return {"objects": objects}
 
 

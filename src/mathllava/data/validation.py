@@ -45,6 +45,7 @@ class ValidationOutcome:
     counts_by_reason: dict = field(default_factory=dict)
     per_dataset: dict = field(default_factory=dict)   # dataset -> {read, failed, rate}
     max_failure_rate: float = 1.0
+    docs_html: str = ""                               # GX Data Docs page of this validation
 
     @property
     def passed(self) -> bool:
@@ -89,7 +90,8 @@ def build_expectations(rules: ValidationRules) -> list:
     ]
 
 
-def run_suite(frame: pd.DataFrame, rules: ValidationRules, suite_name: str = "manifest_quality") -> dict:
+def run_suite(frame: pd.DataFrame, rules: ValidationRules, suite_name: str = "manifest_quality"):
+    """The GX validation result object (`.to_json_dict()` for logging, `data_docs_html` to render it)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -100,15 +102,24 @@ def run_suite(frame: pd.DataFrame, rules: ValidationRules, suite_name: str = "ma
     for expectation in build_expectations(rules):
         suite.add_expectation(expectation)
     definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{suite_name}_run", data=batch, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
-    return result.to_json_dict()
+    return definition.run(batch_parameters={"dataframe": frame}, result_format="COMPLETE")
 
 
-def _detail(reason: str, column: str, row: pd.Series, rules: ValidationRules) -> str:
+def data_docs_html(result) -> str:
+    """GX's own Data Docs page for a validation result, as one HTML document."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+
+
+def _detail(reason: str, column: str, row: pd.Series, rules: ValidationRules) -> str | None:
     """The reason with the row's own fault: which image problem, which size, which length."""
     if column == "image_ok":
         return str(row.get("image_error") or "image does not decode")
     if column in ("width_checked", "height_checked"):
+        if row.get("image_error"):
+            return None  # the image fault itself is the reason
         side = column.split("_")[0]
         value = row.get(column)
         shown = "unknown" if value is None or value < 0 else int(value)
@@ -136,7 +147,9 @@ def _failing_rows(result: dict, frame: pd.DataFrame, rules: ValidationRules) -> 
             first = set(frame.drop_duplicates("id").index)
             indices = [i for i in indices if i not in first]
         for idx in indices:
-            reasons.setdefault(int(idx), []).append(_detail(reason, column, frame.loc[int(idx)], rules))
+            detail = _detail(reason, column, frame.loc[int(idx)], rules)
+            if detail is not None:
+                reasons.setdefault(int(idx), []).append(detail)
     return reasons
 
 
@@ -162,7 +175,8 @@ def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules,
     frame = _prepare(manifest)
     if frame.empty:
         raise ValueError("manifest is empty: nothing was ingested")
-    result = run_suite(frame, rules)
+    gx_result = run_suite(frame, rules)
+    result = gx_result.to_json_dict()
     failing = _failing_rows(result, frame, rules)
     bad = sorted(failing)
     quarantine = pd.DataFrame(
@@ -188,7 +202,8 @@ def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules,
             key = str(r).split(":")[0]
             counts[key] = counts.get(key, 0) + 1
     overall, per_dataset = failure_rates(manifest, ingest_quarantine, quarantine)
-    return ValidationOutcome(valid, quarantine, result, overall, counts, per_dataset, rules.max_failure_rate)
+    return ValidationOutcome(valid, quarantine, result, overall, counts, per_dataset, rules.max_failure_rate,
+                             data_docs_html(gx_result))
 
 
 def gate_failures(outcome: "ValidationOutcome") -> list[str]:
@@ -213,3 +228,86 @@ def summarize_result(result: dict) -> dict:
             for r in result["results"]
         ],
     }
+
+
+class StreamValidator:
+    """The suite over a stream of manifest batches (ids unique across batches too); each batch's GX
+    Data Docs page is written as it is validated, so nothing grows with the row count but the id set."""
+
+    def __init__(self, rules: ValidationRules, docs_dir=None):
+        from pathlib import Path
+
+        self.rules = rules
+        self.docs_dir = Path(docs_dir) if docs_dir else None
+        self.seen: dict[str, str] = {}
+        self.read: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.reasons: dict[str, dict[str, int]] = {}
+        self.tasks: dict[str, int] = {}
+        self.valid = 0
+        self.pages: list[tuple[str, int, int]] = []
+
+    def _count(self, quarantine: pd.DataFrame) -> None:
+        for dataset, stage, reason in zip(quarantine["dataset"], quarantine["stage"], quarantine["reason"]):
+            self.failed[dataset] = self.failed.get(dataset, 0) + 1
+            for part in str(reason).split("; "):
+                key = part.split(":")[0]
+                bucket = self.reasons.setdefault(stage, {})
+                bucket[key] = bucket.get(key, 0) + 1
+
+    def feed(self, manifest: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        for dataset, n in pd.concat([manifest["dataset"], rejected["dataset"]]).value_counts().items():
+            self.read[dataset] = self.read.get(dataset, 0) + int(n)
+        parts = [rejected]
+        if not manifest.empty:
+            repeated = manifest["id"].astype(str).map(lambda i: i in self.seen)
+            if repeated.any():
+                first = manifest[repeated]
+                parts.append(pd.DataFrame({"id": first["id"].astype(str), "dataset": first["dataset"],
+                                           "source": first["source"], "stage": "validate",
+                                           "reason": [f"duplicate id (first at {self.seen[i]})" for i in first["id"].astype(str)],
+                                           "origin": first["origin"], "record": first["question"].astype(str).str[:300]}))
+                manifest = manifest[~repeated]
+        good = manifest.iloc[0:0]
+        if not manifest.empty:
+            outcome = validate_manifest(manifest, self.rules)
+            good = outcome.valid
+            parts.append(outcome.quarantine)
+            if self.docs_dir is not None:
+                self.docs_dir.mkdir(parents=True, exist_ok=True)
+                name = f"batch-{len(self.pages) + 1:04d}.html"
+                (self.docs_dir / name).write_text(outcome.docs_html, encoding="utf-8")
+                self.pages.append((name, len(manifest), len(outcome.quarantine)))
+            self.seen.update({str(i): o for i, o in zip(manifest["id"], manifest["origin"]) if str(i) not in self.seen})
+        bad = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(not p.empty for p in parts) \
+            else rejected.iloc[0:0]
+        self._count(bad)
+        self.valid += len(good)
+        for task, n in good["task_type"].value_counts().items():
+            self.tasks[task] = self.tasks.get(task, 0) + int(n)
+        return good, bad
+
+    def report(self) -> dict:
+        read = sum(self.read.values())
+        failed = sum(self.failed.values())
+        return {"read": read, "valid": self.valid, "quarantined": failed,
+                "failure_rate": failed / read if read else 0.0,
+                "per_dataset": {d: {"read": n, "failed": self.failed.get(d, 0),
+                                    "rate": self.failed.get(d, 0) / n if n else 0.0} for d, n in self.read.items()},
+                "reasons_by_stage": self.reasons, "tasks": self.tasks,
+                "data_docs": [name for name, _, _ in self.pages]}
+
+    def write_index(self) -> str | None:
+        """data_docs/index.html: one line per batch page."""
+        if self.docs_dir is None:
+            return None
+        self.docs_dir.mkdir(parents=True, exist_ok=True)
+        rows = "".join(f"<tr><td><a href='{n}'>{n}</a></td><td>{rows}</td><td>{bad}</td></tr>"
+                       for n, rows, bad in self.pages)
+        html = ("<html><head><meta charset='utf-8'><title>Data Docs</title></head><body>"
+                "<h1>Great Expectations Data Docs: manifest_quality</h1>"
+                f"<table border='1'><tr><th>batch</th><th>rows</th><th>quarantined</th></tr>{rows}</table>"
+                "</body></html>")
+        path = self.docs_dir / "index.html"
+        path.write_text(html, encoding="utf-8")
+        return str(path)
