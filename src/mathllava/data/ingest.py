@@ -142,13 +142,18 @@ class Ingestor:
         self.root = Path(spec.image_root)
         self.dataset = spec.dataset_name()
         self.probes: dict[str, ImageInfo] = {}
+        self.paths: dict[str, Path] = {}   # the image field as written -> its checked path (images repeat)
 
     def row(self, record: dict, origin: str) -> dict:
         if not _text(record.get("id")):
             raise ValueError("missing id")
         if not _text(record.get("question")):
             raise ValueError("missing question")
-        path = resolve_image_path(self.root, record.get("image") or "")
+        written = record.get("image") or ""
+        path = self.paths.get(written) if isinstance(written, str) else None
+        if path is None:
+            path = resolve_image_path(self.root, written)
+            self.paths[written] = path
         key = str(path)
         info = self.probes.get(key)
         if info is None:

@@ -218,9 +218,29 @@ def predict(model, images: tuple[np.ndarray, np.ndarray], batch_size: int = 256)
     with torch.no_grad():
         for start in range(0, len(thumbs), batch_size):
             pixels = torch.from_numpy(thumbs[start:start + batch_size]).permute(0, 3, 1, 2).contiguous()
-            level_logits, clear_logits = model(pixels, torch.from_numpy(feats[start:start + batch_size]))
-            levels.append(level_logits.argmax(1).numpy())
-            clear.append(torch.softmax(clear_logits, 1)[:, 1].numpy())
+            features = torch.from_numpy(feats[start:start + batch_size])
+            level_logits, clear_logits = model(pixels, features)
+            mirrored = model(pixels.flip(3), features)  # trained with mirroring: average both views
+            level_p = torch.softmax(level_logits, 1) + torch.softmax(mirrored[0], 1)
+            clear_p = (torch.softmax(clear_logits, 1) + torch.softmax(mirrored[1], 1)) / 2
+            levels.append(level_p.argmax(1).numpy())
+            clear.append(clear_p[:, 1].numpy())
     if not levels:
         return np.zeros(0, dtype=int), np.zeros(0)
     return np.concatenate(levels), np.concatenate(clear)
+
+
+class CachedScorer:
+    """A trained scorer over a stream of rows: each distinct image is decoded and scored once."""
+
+    def __init__(self, model, side: int):
+        self.model, self.side = model, side
+        self.cache: dict[str, tuple[int, float]] = {}
+
+    def score(self, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        new = [p for p in dict.fromkeys(paths) if p not in self.cache]
+        if new:
+            levels, clear = predict(self.model, load_thumbnails(new, self.side))
+            self.cache.update(zip(new, zip(levels.tolist(), clear.tolist())))
+        pairs = [self.cache[p] for p in paths]
+        return (np.array([a for a, _ in pairs], dtype=int), np.array([b for _, b in pairs], dtype=float))

@@ -230,6 +230,12 @@ def summarize_result(result: dict) -> dict:
     }
 
 
+def _id_key(value: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
+
+
 class StreamValidator:
     """The suite over a stream of manifest batches (ids unique across batches too); each batch's GX
     Data Docs page is written as it is validated, so nothing grows with the row count but the id set."""
@@ -239,7 +245,7 @@ class StreamValidator:
 
         self.rules = rules
         self.docs_dir = Path(docs_dir) if docs_dir else None
-        self.seen: dict[str, str] = {}
+        self.seen: set[int] = set()   # 8-byte digests of the ids so far: memory stays small per row
         self.read: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.reasons: dict[str, dict[str, int]] = {}
@@ -260,14 +266,16 @@ class StreamValidator:
             self.read[dataset] = self.read.get(dataset, 0) + int(n)
         parts = [rejected]
         if not manifest.empty:
-            repeated = manifest["id"].astype(str).map(lambda i: i in self.seen)
+            keys = manifest["id"].astype(str).map(_id_key)
+            repeated = keys.isin(self.seen)
             if repeated.any():
                 first = manifest[repeated]
                 parts.append(pd.DataFrame({"id": first["id"].astype(str), "dataset": first["dataset"],
                                            "source": first["source"], "stage": "validate",
-                                           "reason": [f"duplicate id (first at {self.seen[i]})" for i in first["id"].astype(str)],
+                                           "reason": "duplicate id (in an earlier batch)",
                                            "origin": first["origin"], "record": first["question"].astype(str).str[:300]}))
                 manifest = manifest[~repeated]
+                keys = keys[~repeated]
         good = manifest.iloc[0:0]
         if not manifest.empty:
             outcome = validate_manifest(manifest, self.rules)
@@ -278,7 +286,7 @@ class StreamValidator:
                 name = f"batch-{len(self.pages) + 1:04d}.html"
                 (self.docs_dir / name).write_text(outcome.docs_html, encoding="utf-8")
                 self.pages.append((name, len(manifest), len(outcome.quarantine)))
-            self.seen.update({str(i): o for i, o in zip(manifest["id"], manifest["origin"]) if str(i) not in self.seen})
+            self.seen.update(keys)
         bad = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(not p.empty for p in parts) \
             else rejected.iloc[0:0]
         self._count(bad)
