@@ -74,7 +74,8 @@ def check_config(path: str) -> None:
     from mathllava.data.selection import SelectSettings
     from mathllava.data.validation import ValidationRules
     from mathllava.k8s.config import ClusterLaunch
-    from mathllava.registry.promotion import PromotionSettings
+    from mathllava.evaluation.settings import EvalSettings
+    from mathllava.registry.promotion import RegisterSettings
     from mathllava.schedule import check_cronjob_settings, schedule_of
     from mathllava.settings import parse
     from mathllava.train.config import load_sections
@@ -85,9 +86,8 @@ def check_config(path: str) -> None:
         _model, train = load_sections(path, remote=remote)
         cluster = (data.get("parameters") or {}).get("cluster")
         register = (data.get("parameters") or {}).get("register") or {}
-        parse(PromotionSettings, register.get("promotion"), "parameters.register.promotion", path)
         sections = {"data": DataSettings, "validate": ValidationRules, "select": SelectSettings,
-                    "augment": AugmentSettings}
+                    "augment": AugmentSettings, "evaluate": EvalSettings, "register": RegisterSettings}
         for name, model in sections.items():
             parse(model, (data.get("parameters") or {}).get(name), name, path, remote)
         zenml_model = (data.get("model") or {}).get("name")

@@ -6,6 +6,8 @@ from mathllava.augment import AugmentSettings
 from mathllava.data.config import DataSettings
 from mathllava.data.selection import SelectSettings
 from mathllava.data.validation import ValidationRules
+from mathllava.evaluation.settings import EvalSettings
+from mathllava.registry.promotion import RegisterSettings
 
 from steps import (augment_questions, clean_manifest, evaluate_model, export_training_data, generate_synthetic,
                    ingest_sources, register_model, select_images, train_model, validate_manifest)
@@ -13,7 +15,7 @@ from steps import (augment_questions, clean_manifest, evaluate_model, export_tra
 
 @pipeline(name="mathllava_training")
 def mathllava_training(data: DataSettings, validate: ValidationRules, select: SelectSettings, augment: AugmentSettings, model: dict, train: dict,
-                       evaluate: dict, register: dict, cluster: Optional[dict] = None) -> None:
+                       evaluate: EvalSettings, register: RegisterSettings, cluster: Optional[dict] = None) -> None:
     """ingest -> validate -> clean (dedup, contamination) -> select -> augment -> export -> train -> evaluate -> register."""
     train_annotations, heldout_annotations, scorer_annotations = generate_synthetic(data=data)
     manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)

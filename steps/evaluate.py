@@ -8,6 +8,7 @@ from mathllava import plots
 from mathllava.evaluation.backends import Request, TransformersBackend
 from mathllava.evaluation.benchmarks import get as get_benchmark
 from mathllava.evaluation.mathv import load_mathv
+from mathllava.evaluation.settings import EvalSettings
 from mathllava.evaluation.runner import SPLIT_BENCHMARK, frequent_answer_responses, problem_from_row
 from mathllava.tracking import log_dict, log_figure, log_metrics
 CONTENDERS = ("model", "base", "frequent")
@@ -29,7 +30,7 @@ def _score(name: str, problems: list[dict], responses: list[str], split: str, re
 
 @step
 def evaluate_model(model_dir: Path, base_model: str, curated_dataset: pd.DataFrame, heldout_manifest: pd.DataFrame,
-                   evaluate_cfg: dict) -> Tuple[Annotated[dict, "eval_report"], Annotated[dict, "predictions"]]:
+                   evaluate_cfg: EvalSettings) -> Tuple[Annotated[dict, "eval_report"], Annotated[dict, "predictions"]]:
     """Scores for the fine-tuned model, the base it started from and the frequent-answer baseline,
     through the one generation path, on the held-out synthetic split (MathVista rules) and on
     Math-V testmini when present (Math-V rules, per subject and level)."""
@@ -39,17 +40,16 @@ def evaluate_model(model_dir: Path, base_model: str, curated_dataset: pd.DataFra
     seen = set(curated_dataset["image_sha256"].dropna())
     heldout = heldout_manifest[~heldout_manifest["image_sha256"].isin(seen)]
     splits = {"heldout": [problem_from_row(r) | {"image_path": r["image_path"]} for r in heldout.to_dict("records")]}
-    math_v_dir = Path(evaluate_cfg.get("math_v_dir") or "")
-    if evaluate_cfg.get("math_v_dir") and (math_v_dir / "images").is_dir():
-        splits["mathv"] = load_mathv(math_v_dir, evaluate_cfg.get("math_v_limit"))
+    math_v_dir = Path(evaluate_cfg.math_v_dir or "")
+    if evaluate_cfg.math_v_dir and (math_v_dir / "images").is_dir():
+        splits["mathv"] = load_mathv(math_v_dir, evaluate_cfg.math_v_limit)
 
     report: dict = {"heldout_overlap_removed": int(len(heldout_manifest) - len(heldout)),
                     **{split: {"problems": len(problems)} for split, problems in splits.items()}}
     results: dict = {}
     for name, directory in (("model", model_dir), ("base", base_model)):  # one model in memory at a time
-        backend = TransformersBackend(directory, batch_size=evaluate_cfg["batch_size"],
-                                      max_new_tokens=evaluate_cfg["max_new_tokens"],
-                                      device=evaluate_cfg.get("device", "auto"))
+        backend = TransformersBackend(directory, batch_size=evaluate_cfg.batch_size,
+                                      max_new_tokens=evaluate_cfg.max_new_tokens, device=evaluate_cfg.device)
         for split, problems in splits.items():
             responses = backend.generate([Request(p["query"], p["image_path"]) for p in problems],
                                          progress=f"{split} {name}")

@@ -7,7 +7,8 @@ import pandas as pd
 from zenml import get_step_context, step
 
 from mathllava.data.ingest import manifest_digest
-from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, alias_version, compare_with_champion,
+from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, RegisterSettings, alias_version,
+                                         compare_with_champion,
                                          log_comparison, promote, registry_lock)
 from mathllava.registry.versions import gate, register_model_dir, set_alias
 from mathllava.tracking import experiment_url, log_dict, log_metrics
@@ -23,7 +24,8 @@ def _git_commit() -> str:
 
 
 @step
-def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: dict, register_cfg: dict) -> Annotated[
+def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: dict,
+                   register_cfg: RegisterSettings) -> Annotated[
     dict, "registration"
 ]:
     """Register the model in the MLflow registry with lineage tags; alias it when the gate passes."""
@@ -38,22 +40,22 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     mlflow.log_input(dataset, context="training")
     held = eval_report["heldout"]
     result = gate(held["model"]["accuracy"], held["frequent"]["accuracy"], held["base"]["accuracy"],
-                  **register_cfg.get("gate", {}))
+                  **register_cfg.gate.model_dump())
     tags = {"zenml_run_id": str(get_step_context().pipeline_run.id), "zenml_run_name": get_step_context().pipeline_run.name,
             "dataset_digest": digest, "git_commit": _git_commit(), "heldout_accuracy": held["model"]["accuracy"],
             "heldout_frequent_accuracy": held["frequent"]["accuracy"],
             "heldout_base_accuracy": held["base"]["accuracy"], "gate_passed": result.passed}
     if "mathv" in eval_report:
         tags["mathv_accuracy"] = eval_report["mathv"]["model"]["accuracy"]
-    name = register_cfg["model_name"]
+    name = register_cfg.model_name
     version, source = register_model_dir(str(model_dir), name, tags, description="; ".join(result.reasons))
     alias = None
     if result.passed:
-        alias = register_cfg.get("alias", "challenger")
+        alias = register_cfg.alias
         with registry_lock(registry_lock_path(name)):  # never in the middle of a promotion's alias moves
             set_alias(name, alias, version)
     log_metrics({"gate_passed": float(result.passed)}, section="registry")
-    promotion = _promote(name, alias, PromotionSettings(**register_cfg.get("promotion", {})))
+    promotion = _promote(name, alias, register_cfg.promotion)
     stages = _mirror_stages(name, version, alias, digest, promotion)
     return {"zenml_stages": stages,"model_name": name, "version": version, "alias": alias, "source": source, "gate": result.reasons,
             "promotion": promotion,

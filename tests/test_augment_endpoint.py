@@ -209,7 +209,7 @@ def test_the_pipeline_step_takes_the_endpoint_from_the_config(source, tmp_path):
         config["parameters"]["augment"] = {**settings(server.url, tmp_path / "cache"), "cache_dir": None}
         config["parameters"]["augment"]["endpoint"]["api_key"] = "sk-literal"
         path.write_text(yaml.safe_dump(config))
-        with pytest.raises(SystemExit, match=r"run.yaml: parameters.augment.endpoint: .*literal `api_key`"):
+        with pytest.raises(SystemExit, match=r"run.yaml: augment.endpoint: .*literal `api_key`"):
             run_py.check_config(str(path))
         del config["parameters"]["augment"]["endpoint"]["api_key"]
         path.write_text(yaml.safe_dump(config))
@@ -218,7 +218,8 @@ def test_the_pipeline_step_takes_the_endpoint_from_the_config(source, tmp_path):
         mlflow.set_experiment("augment-test")
         try:
             with mlflow.start_run() as mlrun:
-                curated = augment_questions.entrypoint(selection=rows, augment_cfg=config["parameters"]["augment"])
+                curated = augment_questions.entrypoint(
+                    selection=rows, augment_cfg=AugmentSettings.model_validate(config["parameters"]["augment"]))
             logged = MlflowClient().get_run(mlrun.info.run_id).data.metrics
             report = json.loads(Path(MlflowClient().download_artifacts(mlrun.info.run_id, "augment/report.json",
                                                                        str(tmp_path))).read_text())

@@ -150,7 +150,7 @@ def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models
     from mlflow.tracking import MlflowClient
 
     from mathllava.registry.evaluate import scorer
-    from mathllava.registry.promotion import EvalSettings
+    from mathllava.evaluation.settings import EvalSettings
     from mathllava.data.synthetic import GeneratorConfig, generate
 
     heldout = generate(tmp_path / "heldout", GeneratorConfig(n_images=6, seed=5, image_size=64, unclear_fraction=0.0))

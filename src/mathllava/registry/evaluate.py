@@ -10,7 +10,7 @@ from pathlib import Path
 from ..evaluation.backends import Request, TransformersBackend
 from ..evaluation.benchmarks import get as get_benchmark
 from ..evaluation.runner import SPLIT_BENCHMARK, problem_from_row
-from .promotion import EvalSettings
+from ..evaluation.settings import EvalSettings
 
 
 def evaluation_sets(settings: EvalSettings) -> dict[str, list[dict]]:

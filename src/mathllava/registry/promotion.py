@@ -24,6 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..evaluation.settings import EvalSettings
+
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 STAGES = {CHALLENGER: "staging", CHAMPION: "production", PREVIOUS: "archived"}
 AUDIT = "audit."  # version tags audit.<UTC time> hold one JSON record each
@@ -31,19 +33,6 @@ AUDIT = "audit."  # version tags audit.<UTC time> hold one JSON record each
 
 class PromotionConflict(RuntimeError):
     """The registry changed between the comparison and the alias update: nothing was moved."""
-
-
-class EvalSettings(BaseModel):
-    """The evaluation sets a promotion scores both versions on (the same ones, in the same call)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    math_v_dir: str | None = "../shared/data/math-v-testmini"
-    math_v_limit: int | None = Field(60, gt=0)
-    heldout_annotations: str | None = None   # a LLaVA JSON with MathVista metadata (the held-out split)
-    batch_size: int = Field(32, gt=0)
-    max_new_tokens: int = Field(12, gt=0)
-    device: str = "auto"
 
 
 class PromotionSettings(BaseModel):
@@ -57,6 +46,26 @@ class PromotionSettings(BaseModel):
     auto: bool | Literal["first"] = "first"  # the pipeline promotes a winning challenger itself (first: only
                                              # while there is no champion, so the first version becomes one)
     compare: bool = True    # the pipeline compares each new challenger with the champion (table + chart)
+
+
+class GateSettings(BaseModel):
+    """`register.gate`: accuracy points the model must beat each baseline by on the held-out split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_margin_over_frequent: float = 0.0
+    min_margin_over_base: float = 0.0
+
+
+class RegisterSettings(BaseModel):
+    """`register`: the registered model, the alias a passing version gets, the gate and the promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1)
+    alias: str = "challenger"
+    gate: GateSettings = GateSettings()
+    promotion: PromotionSettings = PromotionSettings()
 
 
 @dataclass
