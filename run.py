@@ -88,8 +88,10 @@ def check_config(path: str) -> None:
         register = (data.get("parameters") or {}).get("register") or {}
         sections = {"data": DataSettings, "validate": ValidationRules, "select": SelectSettings,
                     "augment": AugmentSettings, "evaluate": EvalSettings, "register": RegisterSettings}
-        for name, model in sections.items():
-            parse(model, (data.get("parameters") or {}).get(name), name, path, remote)
+        parsed = {name: parse(model, (data.get("parameters") or {}).get(name), name, path, remote)
+                  for name, model in sections.items()}
+        if not remote:
+            parsed["data"].check_files()   # a missing source is refused before the synthetic data is drawn
         zenml_model = (data.get("model") or {}).get("name")
         if zenml_model and register.get("model_name") and zenml_model != register["model_name"]:
             raise ValueError(f"{path}: model.name ({zenml_model}) and parameters.register.model_name "

@@ -17,13 +17,14 @@ from steps import (augment_questions, clean_manifest, evaluate_model, export_tra
 def mathllava_training(data: DataSettings, validate: ValidationRules, select: SelectSettings, augment: AugmentSettings, model: dict, train: dict,
                        evaluate: EvalSettings, register: RegisterSettings, cluster: Optional[dict] = None) -> None:
     """ingest -> validate -> clean (dedup, contamination) -> select -> augment -> export -> train -> evaluate -> register."""
+    inputs = data.fingerprint()  # files on disk are part of the cache key of the steps that read them
     train_annotations, heldout_annotations, scorer_annotations = generate_synthetic(data=data)
-    manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data)
+    manifest, ingest_quarantine = ingest_sources(annotations=train_annotations, data=data, inputs=inputs)
     heldout_manifest, _ = ingest_sources(annotations=heldout_annotations, data=data, include_extra=False,
                                          id="ingest_heldout")
     labelled, _ = ingest_sources(annotations=scorer_annotations, data=data, include_extra=False, id="ingest_scorer_labels")
     valid, _quarantine, _report = validate_manifest(manifest=manifest, ingest_quarantine=ingest_quarantine, rules=validate)
-    clean, _removed, _clean_report = clean_manifest(valid_manifest=valid, data=data)
+    clean, _removed, _clean_report = clean_manifest(valid_manifest=valid, data=data, inputs=inputs)
     selection, _scored, _selection_report = select_images(valid_manifest=clean, select=select, labelled_manifest=labelled)
     curated = augment_questions(selection=selection, augment_cfg=augment)
     training_data = export_training_data(curated_dataset=curated)

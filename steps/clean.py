@@ -9,11 +9,12 @@ from mathllava.tracking import log_dict, log_metrics
 
 
 @step
-def clean_manifest(valid_manifest: pd.DataFrame, data: DataSettings) -> Tuple[
+def clean_manifest(valid_manifest: pd.DataFrame, data: DataSettings, inputs: str = "") -> Tuple[
     Annotated[pd.DataFrame, "clean_manifest"], Annotated[pd.DataFrame, "removed"], Annotated[dict, "clean_report"]
 ]:
     """Duplicates across sources (same image, exact or perceptual, with the same question) and every row
-    whose image or question comes from an evaluation set are removed, each with its reason."""
+    whose image or question comes from an evaluation set are removed, each with its reason. `inputs`: the
+    fingerprint of the evaluation files (`DataSettings.fingerprint`), so that a changed file is not cached."""
     kept, duplicates, dedup_report = dedup(valid_manifest, data.dedup)
     kept, contaminated, guard_report = guard(kept, load_benchmarks(data.contamination, data.images), data.contamination)
     report = {"dedup": dedup_report, "contamination": guard_report}

@@ -33,10 +33,12 @@ def generate_synthetic(data: DataSettings) -> Tuple[
 
 
 @step
-def ingest_sources(annotations: Optional[str], data: DataSettings, include_extra: bool = True) -> Tuple[
+def ingest_sources(annotations: Optional[str], data: DataSettings, include_extra: bool = True,
+                   inputs: str = "") -> Tuple[
     Annotated[pd.DataFrame, "manifest"], Annotated[pd.DataFrame, "ingest_quarantine"]
 ]:
-    """One manifest row per sample from the generator's output and any extra sources (any supported format)."""
+    """One manifest row per sample from the generator's output and any extra sources (any supported format).
+    `inputs`: the fingerprint of the files on disk (`DataSettings.fingerprint`), part of the cache key."""
     specs = []
     if annotations:
         specs.append(SourceSpec(annotations=annotations, image_root=str(Path(annotations).parent / "images"),

@@ -100,11 +100,12 @@ def test_failure_rate_counts_ingest_faults_and_is_gated_per_dataset(tmp_path):
     bad.write_text("\n".join(bad_lines))
     manifest, ingest_q = ingest_many([SourceSpec(annotations=str(good), image_root=str(good_root), name="good"),
                                       SourceSpec(annotations=str(bad), image_root=str(bad_root), name="bad")])
+    manifest.loc[manifest["id"] == "r0", "answer"] = None   # one suite fault in the good source
     outcome = validate_manifest(manifest, ValidationRules(min_side=16, max_failure_rate=0.2), ingest_q)
-    # 3 of the 22 records failed (13.6% overall, under the limit), but 3 of 4 in the broken source
-    assert outcome.failure_rate == pytest.approx(3 / 22)
+    # 4 of the 22 records failed (18.2% overall, under the limit), but 3 of 4 in the broken source
+    assert outcome.failure_rate == pytest.approx(4 / 22)
     assert outcome.per_dataset["bad"] == {"read": 4, "failed": 3, "rate": 0.75}
-    assert outcome.per_dataset["good"]["rate"] == 0.0
+    assert outcome.per_dataset["good"] == {"read": 18, "failed": 1, "rate": 1 / 18}
     assert gate_failures(outcome) == ["bad: 75.0% of 4 records (3 failed)"]
 
 
@@ -119,7 +120,25 @@ def test_image_size_is_capped_before_reading_and_hashing_is_chunked(tmp_path, mo
     assert refused.error == f"image file too large: {big.stat().st_size} bytes > 1000" and not refused.ok
     assert opened == [] and refused.sha256 is None   # nothing was read
     monkeypatch.setattr(ingest_module, "CHUNK", 4096)
+    sizes = []
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.handle = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.handle.read(n)
+
+    monkeypatch.setattr(ingest_module, "open", Counting, raising=False)
     info = probe_image(big, ImageLimits())
+    assert sizes and max(sizes) == 4096 and min(sizes) > 0   # never the whole file at once
     assert info.ok and info.sha256 == hashlib.sha256(big.read_bytes()).hexdigest() and len(info.phash) == 16
     assert probe_image(tmp_path / "none.png", ImageLimits()).error == f"image file missing: {tmp_path / 'none.png'}"
     bomb = probe_image(big, ImageLimits(max_pixels=1000))
@@ -150,6 +169,13 @@ def _config(tmp_path, edit) -> str:
     (lambda p: p["validate"].update(min_side=500, max_side=100), r"validate: .*min_side \(500\) must not exceed"),
     (lambda p: p["data"]["extra_sources"].append({"annotations": "x.json"}), r"data\.extra_sources\.0\.image_root"),
     (lambda p: p["data"]["synthetic"].update(level_weights=[1, 2]), r"data\.synthetic\.level_weights"),
+    (lambda p: p["data"]["extra_sources"].append({"annotations": "/nope/a.json", "image_root": "/nope"}),
+     r"/nope/a\.json: annotation file does not exist"),
+    (lambda p: p["data"]["extra_sources"].extend([{"annotations": "a/x.json", "image_root": "i", "name": "n"},
+                                                  {"annotations": "b/y.json", "image_root": "i", "name": "n"}]),
+     r"data\.extra_sources: .*share the dataset name \['n'\]"),
+    (lambda p: p["register"].update(gate={"min_margin": 1}), r"register\.gate\.min_margin: Extra inputs"),
+    (lambda p: p["evaluate"].update(batch_size=0), r"evaluate\.batch_size: .*greater than 0"),
 ])
 def test_config_errors_name_the_key_before_any_step_runs(tmp_path, edit, message):
     import run
@@ -201,11 +227,17 @@ def test_selection_shortfalls_and_the_kept_top_level_are_reported_with_their_pol
     assert short["levels"][2]["selected"] == 30 and not short["levels"][2]["within_tolerance"]
     assert any(n.startswith("level 2: short of supply, all 30 clear images taken") for n in short["policy"])
     assert sum(short["selected_by_level"].values()) == 200
-    _, excess = stratified_sample(_scored({0: 150, 1: 150, 2: 150, 3: 45}), plan)
-    assert excess["selected_by_level"][3] == 45   # every level-3 image kept
-    assert any("all 45 images kept (keep_all_top_level)" in n for n in excess["policy"])
-    assert excess["levels"][3]["deviation"] == pytest.approx(45 / 200 - 0.1)
-    assert not excess["within_tolerance"]
+    _, kept = stratified_sample(_scored({0: 150, 1: 150, 2: 150, 3: 27}), plan)
+    assert kept["selected_by_level"][3] == 27   # every level-3 image kept while within the tolerance
+    assert any("all 27 images kept (keep_all_top_level)" in n for n in kept["policy"])
+    assert kept["levels"][3]["deviation"] == pytest.approx(27 / 200 - 0.1) and kept["within_tolerance"]
+    _, plenty = stratified_sample(_scored({0: 150, 1: 150, 2: 150, 3: 300}), plan)
+    assert plenty["selected_by_level"][3] == 30   # a plentiful top level cannot eat the budget
+    assert any(n.startswith("level 3: 30 of 300 images kept") for n in plenty["policy"])
+    assert plenty["within_tolerance"]
+    _, none = stratified_sample(_scored({0: 150, 1: 150, 2: 150, 3: 300}),
+                                SamplingPlan(target_size=200, proportions=(1, 1, 1, 0), seed=0))
+    assert none["selected_by_level"].get(3, 0) == 0 and sum(none["selected_by_level"].values()) == 200
     report = level_report({0: 100, 1: 100, 2: 100, 3: 100}, {0: 38, 1: 60, 2: 82, 3: 20}, plan)
     assert report["within_tolerance"] and report["levels"][0]["deviation"] == pytest.approx(-0.01)
 
@@ -279,8 +311,10 @@ def test_data_ingest_cli_contract(tmp_path):
     torn.write_text('[{"id": 1, "image": "a.png", "conversations": [')
     done = _cli("data", "ingest", torn, "--image-root", root, "--out", tmp_path / "o2")
     assert done.returncode == 2 and str(torn) in done.stderr and "line 1" in done.stderr
-    done = _cli("data", "ingest", path, "--image-root", tmp_path / "nope", "--out", tmp_path / "o3")
+    done = _cli("data", "ingest", path, "--image-root", tmp_path / "nope", "--out", out)
     assert done.returncode == 2 and "nope does not exist" in done.stderr
+    assert len(pd.read_parquet(out / "valid.parquet")) == 4   # the earlier outputs are untouched
+    assert not list(out.glob("*.partial"))
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"id": "é"}\n'.encode("latin-1"))
     done = _cli("data", "ingest", latin, "--image-root", root, "--out", tmp_path / "o4")

@@ -37,10 +37,12 @@ def _models():
 
 
 class ParquetSink:
-    """Appends DataFrame batches to one parquet file; an empty table is still written at close."""
+    """Appends DataFrame batches to one parquet file, written aside and renamed into place at `close`
+    (an empty table when nothing came); `abort` leaves any earlier file of that name untouched."""
 
     def __init__(self, path: Path, columns: list[str]):
         self.path, self.columns, self.writer, self.rows = path, columns, None, 0
+        self.partial = path.with_name(path.name + ".partial")
 
     def write(self, frame) -> None:
         import pyarrow as pa
@@ -51,7 +53,7 @@ class ParquetSink:
         table = pa.Table.from_pandas(frame[self.columns].astype(object).where(frame[self.columns].notna(), None),
                                      preserve_index=False, schema=self._schema())
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
+            self.writer = pq.ParquetWriter(self.partial, table.schema)
         self.writer.write_table(table)
         self.rows += len(frame)
 
@@ -66,9 +68,15 @@ class ParquetSink:
         import pyarrow.parquet as pq
 
         if self.writer is None:
-            pq.write_table(self._schema().empty_table(), self.path)
+            pq.write_table(self._schema().empty_table(), self.partial)
         else:
             self.writer.close()
+        self.partial.replace(self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.partial.unlink(missing_ok=True)
 
 
 def _log_mlflow(out: Path, report: dict, stage: str) -> None:
@@ -101,9 +109,12 @@ def _curate(batches, rules, out: Path) -> dict:
             good, bad = checker.feed(manifest, rejected)
             valid.write(good)
             quarantine.write(bad)
-    finally:
-        valid.close()
-        quarantine.close()
+    except BaseException:
+        valid.abort()
+        quarantine.abort()
+        raise
+    valid.close()
+    quarantine.close()
     checker.write_index()
     report = checker.report()
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
@@ -124,12 +135,15 @@ def _print(report: dict, out: Path) -> None:
 
 
 def _ingest(args) -> int:
-    from .ingest import ImageLimits, SourceSpec, iter_batches
-    from .readers import AnnotationError
+    from .ingest import ImageLimits, SourceSpec, check_spec, iter_batches
+    from .readers import AnnotationError, detect_format
 
     try:
         spec = SourceSpec(annotations=args.annotations, image_root=args.image_root, name=args.name,
                           format=args.format, task=args.task, source=args.source)
+        check_spec(spec)   # before any output is touched
+        if spec.format == "auto":
+            detect_format(spec.annotations)
         rules = _rules(args.rules, "validate") or _models()["validate"]()
         batches = iter_batches([spec], ImageLimits(), batch_size=args.batch_size, progress=True)
         report = _curate(batches, rules, Path(args.out))
@@ -159,6 +173,10 @@ def _validate(args) -> int:
     try:
         rules = _rules(args.rules, "validate") or _models()["validate"]()
         report = _curate(_manifest_batches(args.manifest, args.batch_size), rules, Path(args.out))
+    except KeyError as err:
+        print(f"error: {args.manifest}: not a manifest (column {err} is missing); make one with "
+              f"`mathllava data ingest`", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

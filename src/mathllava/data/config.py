@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..settings import Strict
 from .clean import ContaminationSettings, DedupSettings
@@ -27,6 +27,39 @@ class DataSettings(Strict):
     images: ImageLimits = ImageLimits()
     dedup: DedupSettings = DedupSettings()                  # same image (exact or phash) + same question
     contamination: ContaminationSettings = ContaminationSettings()  # evaluation sets never enter training
+
+    @field_validator("extra_sources")
+    @classmethod
+    def _distinct_names(cls, specs: list[SourceSpec]) -> list[SourceSpec]:
+        names = [s.dataset_name() for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two sources share the dataset name {twice}: give each a distinct `name` (the "
+                             f"failure-rate gate is per dataset)")
+        return specs
+
+    def check_files(self) -> None:
+        """Every extra source's annotation file and image root exist (before any step runs)."""
+        from .ingest import check_spec
+
+        for spec in self.extra_sources:
+            check_spec(spec)
+
+    def fingerprint(self) -> str:
+        """Size and modification time of every input file this section names (extra sources, evaluation
+        sets): a step parameter, so that a changed file is not served from the step cache."""
+        import hashlib
+        import os
+
+        paths = [s.annotations for s in self.extra_sources] + [b.annotations for b in self.contamination.benchmarks]
+        parts = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+            except OSError:
+                parts.append(f"{path}:missing")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def split(self, which: str) -> GeneratorConfig:
         """The generator settings of `train`, `heldout` or `scorer`."""

@@ -92,9 +92,13 @@ def probe_image(path: Path, limits: ImageLimits) -> ImageInfo:
         info.error = "image file is empty"
         return info
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+    except OSError as exc:
+        info.error = f"image file unreadable: {path}: {exc.strerror or exc}"
+        return info
     info.sha256 = digest.hexdigest()
     try:
         with Image.open(path) as img:

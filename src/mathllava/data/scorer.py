@@ -172,6 +172,8 @@ def fit(images: tuple[np.ndarray, np.ndarray], complexity: np.ndarray, clear: np
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            if len(idx) < 2:
+                continue  # batch norm needs two images
             pixels = x[idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5  # mirror images keep their levels
             pixels = torch.where(flip[:, None, None, None], pixels.flip(3), pixels)
@@ -227,6 +229,22 @@ def predict(model, images: tuple[np.ndarray, np.ndarray], batch_size: int = 256)
             clear.append(clear_p[:, 1].numpy())
     if not levels:
         return np.zeros(0, dtype=int), np.zeros(0)
+    return np.concatenate(levels), np.concatenate(clear)
+
+
+def predict_paths(model, paths: Sequence[str], side: int, progress: bool = False,
+                  chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` over image files, a chunk of thumbnails at a time (memory does not grow with the pool)."""
+    levels, clear = [np.zeros(0, dtype=int)], [np.zeros(0)]
+    starts = range(0, len(paths), chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"score images ({len(paths)})", unit="chunk")
+    for start in starts:
+        a, b = predict(model, load_thumbnails(paths[start:start + chunk], side))
+        levels.append(a)
+        clear.append(b)
     return np.concatenate(levels), np.concatenate(clear)
 
 

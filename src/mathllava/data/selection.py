@@ -61,10 +61,12 @@ class SelectSettings(Strict):
 # --------------------------------------------------------------------------- scores
 
 
-def _labels(frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Distinct labelled images: (paths, complexity or -1, clear 1/0 or -1)."""
+def _labels(frame: pd.DataFrame, levels: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Distinct labelled images: (paths, complexity or -1, clear 1/0 or -1); a level outside 0..levels-1
+    counts as unknown."""
     first = frame.drop_duplicates("image_path")
     level = pd.to_numeric(first["complexity_label"], errors="coerce").fillna(-1).astype(int).to_numpy()
+    level = np.where((level >= 0) & (level < levels), level, -1)
     clear = first["clear_label"].map(lambda v: -1 if v is None or v != v else int(bool(v))).to_numpy()
     return first["image_path"].tolist(), level, clear
 
@@ -72,7 +74,8 @@ def _labels(frame: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
 def labelled_rows(frame: pd.DataFrame | None) -> pd.DataFrame:
     if frame is None or frame.empty:
         return pd.DataFrame(columns=["image_path", "complexity_label", "clear_label"])
-    return frame[frame["complexity_label"].notna() | frame["clear_label"].notna()]
+    usable = frame["image_ok"].fillna(False).astype(bool) if "image_ok" in frame else True
+    return frame[usable & frame["complexity_label"].notna()]   # complexity labels train; clarity comes with them
 
 
 def _rule_scores(paths: list[str], cfg: SelectSettings, progress: bool) -> pd.DataFrame:
@@ -107,11 +110,11 @@ def score_images(manifest: pd.DataFrame, cfg: SelectSettings, labelled: pd.DataF
         why = "disabled" if not cfg.scorer.enabled else f"{n_labelled} labelled images < {cfg.scorer.min_labelled}"
         scores = _rule_scores(paths, cfg, progress)
         return manifest.join(scores, on="image_path"), {"method": "rules", "why": why, "labelled": int(n_labelled)}, None
-    label_paths, level, clear = _labels(train_rows)
+    label_paths, level, clear = _labels(train_rows, cfg.scorer.levels)
     model, report = learned.fit(learned.load_thumbnails(label_paths, cfg.scorer.side, progress), level, clear,
                                 cfg.scorer, progress)
     report["trained_on_separate_labelled_set"] = separate
-    levels, clear_p = learned.predict(model, learned.load_thumbnails(paths, cfg.scorer.side, progress))
+    levels, clear_p = learned.predict_paths(model, paths, cfg.scorer.side, progress)
     scores = pd.DataFrame({"clarity_score": clear_p, "complexity_score": levels.astype(float),
                            "complexity": levels}, index=paths)
     scored = manifest.join(scores, on="image_path")
@@ -131,9 +134,9 @@ def score_images(manifest: pd.DataFrame, cfg: SelectSettings, labelled: pd.DataF
 
 
 def level_targets(available: dict[int, int], plan: SamplingPlan) -> dict[int, int]:
-    """How many items to draw per complexity level. The top level is kept whole when configured;
-    a level short of its share hands the rest to the other levels in proportion (the paper does
-    not say how its level-3 shortfall was reallocated; this is our choice)."""
+    """How many items to draw per complexity level. The top level is kept whole when configured (up
+    to its share plus the tolerance); a level short of its share hands the rest to the other levels
+    in proportion (the paper does not say how its level-3 shortfall was reallocated; this is our choice)."""
     levels = list(range(len(plan.proportions)))
     total = min(plan.target_size, sum(available.values()))
     targets = {lvl: 0 for lvl in levels}
@@ -141,7 +144,11 @@ def level_targets(available: dict[int, int], plan: SamplingPlan) -> dict[int, in
     remaining = total
     open_levels = [lv for lv in levels if available.get(lv, 0) > 0]
     if plan.keep_all_top_level and available.get(top, 0):
-        targets[top] = min(available[top], total)
+        # every top-level image is kept (the paper: they are the scarcest) up to its share plus the
+        # tolerance, so a plentiful top level cannot eat the budget; a zero proportion keeps none
+        share = total * plan.proportions[top] / sum(plan.proportions)
+        cap = int(share + plan.tolerance * total) if plan.proportions[top] > 0 else 0
+        targets[top] = min(available[top], cap, total)
         remaining -= targets[top]
         open_levels.remove(top)
     while remaining > 0 and open_levels:
@@ -204,6 +211,9 @@ def level_report(available: dict[int, int], selected: dict[int, int], plan: Samp
         elif got < ideal - 0.5 and top_excess:
             notes.append(f"level {lv}: {got} for an ideal {ideal:.0f}, shrunk in proportion to make room for "
                          f"level {top}, kept whole")
+        elif lv == top and top_excess and got < have:
+            notes.append(f"level {lv}: {got} of {have} images kept: keep_all_top_level keeps every one only up to "
+                         f"its ideal {ideal:.0f} plus the {plan.tolerance:.0%} tolerance")
         elif lv == top and top_excess:
             notes.append(f"level {lv}: all {got} images kept (keep_all_top_level), {got - ideal:.0f} over its "
                          f"ideal {ideal:.0f}")
