@@ -191,7 +191,7 @@ def test_settings_are_strict():
     with pytest.raises(ValueError):
         ContaminationSettings(benchmark=[])
     assert ContaminationSettings().model_dump() == {"enabled": True, "benchmarks": [], "phash_distance": 4,
-                                                    "min_question_words": 8}
+                                                    "min_question_words": 12}
 
 
 # ------------------------------------------------------------------------------------ contamination

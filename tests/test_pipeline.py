@@ -168,3 +168,54 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
         params["train"]["mode"] = "qlora"
         path.write_text(yaml.safe_dump(config, sort_keys=False))  # ZenML cache keys depend on key order
         run.main(["--config", str(path)])
+
+
+def test_pipeline_augments_an_extra_source_through_the_configured_endpoint(stack, tmp_path):
+    """A MathV360K-format extra source (no task anywhere) flows through ingest, validation, selection and
+    the augment step, which asks the endpoint set in the config (a scripted OpenAI-compatible server on
+    127.0.0.1); the exported training data carries the new pairs with their generator and parent."""
+    import json
+
+    import run
+    import yaml
+    from zenml.client import Client
+
+    from augment_helpers import ScriptedServer, image_names, settings, write_source
+
+    source = write_source(tmp_path / "mysrc")
+    config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
+    config["model"]["name"] = "mathllava-test-augment"
+    params = config["parameters"]
+    params["register"]["model_name"] = "mathllava-test-augment"
+    params["data"]["extra_sources"] = [{"annotations": str(source), "image_root": str(source.parent),
+                                        "name": "mysrc"}]
+    params["select"]["scorer"]["enabled"] = False                    # the rules: every clear image is taken
+    params["select"]["sampling"]["target_size"] = 1000
+    with ScriptedServer(image_names(source.parent)) as server:
+        params["augment"] = {**settings(server.url, tmp_path / "cache"), "cache_dir": None}
+        path = tmp_path / "augment.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        info = run.main(["--config", str(path)])
+    assert info["failure_rate_by_dataset"]["mysrc"] == 0.0
+    steps = Client().get_pipeline_run(info["run"]).steps
+    curated = steps["augment_questions"].outputs["curated_dataset"][0].load()
+    extra = curated[curated["dataset"] == "mysrc"]
+    removed = steps["clean_manifest"].outputs["removed"][0].load()
+    guarded = set(removed.loc[removed["stage"] == "contamination", "id"])
+    if (ROOT.parent / "shared" / "data" / "mathvista-testmini").exists():
+        # "What is the value of the largest bar?" is a MathVista testmini question, word for word
+        assert "mysrc-bar" in guarded and "question matches mathvista-testmini" in " ".join(removed["reason"])
+    seeds = {"mysrc-bar", "mysrc-tri", "mysrc-count"} - guarded
+    assert set(extra.loc[extra["aug_type"] == "original", "id"]) == seeds
+    assert set(extra.loc[extra["aug_type"] == "original", "task_type"]) == {"FQA"}   # from the record's metadata
+    new = extra[extra["aug_type"] != "original"]
+    assert len(new) > 0 and set(new["generator"]) == {f"endpoint:scripted@127.0.0.1:{server.httpd.server_port}"}
+    assert set(new["parent_id"]) <= seeds and set(new["aug_type"]) <= {"new_question", "harder", "rephrased",
+                                                                        "underspecified"}
+    synthetic = curated[curated["dataset"] != "mysrc"]
+    assert set(synthetic["generator"].dropna()) == {"programmatic"}   # scenes stay with the computed answers
+    exported = steps["export_training_data"].outputs["training_data"][0].load()
+    records = {r["id"]: r for r in json.loads((exported / "conversations.json").read_text())}
+    for row in new.itertuples():
+        assert records[row.id]["metadata"]["generator"] == row.generator
+        assert records[row.id]["metadata"]["parent_id"] == row.parent_id

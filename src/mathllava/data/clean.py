@@ -55,7 +55,7 @@ class ContaminationSettings(Strict):
     enabled: bool = True
     benchmarks: list[BenchmarkRef] = Field(default_factory=list)
     phash_distance: int = Field(4, ge=0, le=32)
-    min_question_words: int = Field(8, ge=1)  # shorter benchmark questions never match on text alone
+    min_question_words: int = Field(12, ge=1)  # shorter benchmark questions (generic chart questions) never match on text alone
 
 
 # ------------------------------------------------------------------------------------ normalisation
