@@ -248,7 +248,3 @@ def normalize_flat(record: Any, split_bar: bool = False) -> dict:
     flat = {"id": rid, "image": image, "question": question, "answer": _text(record.get("answer")),
             "choices": choices or None}
     return _finish(flat, fields, extra)
-
-
-def blank_record() -> dict:
-    return dict.fromkeys(FLAT_KEYS)

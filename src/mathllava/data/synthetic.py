@@ -99,15 +99,6 @@ def _mc(rng: random.Random, correct: str, pool: list[str], n: int = 4) -> tuple[
     return choices, correct
 
 
-def _numeric_distractors(value: int, rng: random.Random, n: int = 3) -> list[str]:
-    out: list[str] = []
-    while len(out) < n:
-        candidate = value + rng.choice([-3, -2, -1, 1, 2, 3, 5, -5, 10, -10])
-        if candidate >= 0 and str(candidate) not in out and candidate != value:
-            out.append(str(candidate))
-    return out
-
-
 def _level(n: int, cuts: tuple[int, int, int]) -> int:
     """Complexity level 0..3 from an element count and the template's cut points."""
     return sum(n > c for c in cuts)
