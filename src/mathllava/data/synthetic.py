@@ -99,11 +99,6 @@ def _mc(rng: random.Random, correct: str, pool: list[str], n: int = 4) -> tuple[
     return choices, correct
 
 
-def _level(n: int, cuts: tuple[int, int, int]) -> int:
-    """Complexity level 0..3 from an element count and the template's cut points."""
-    return sum(n > c for c in cuts)
-
-
 # --------------------------------------------------------------------------- templates
 # Each template: scene(rng, level) -> dict, render(scene, size) -> Image, questions(scene) -> [QuestionSpec]
 
