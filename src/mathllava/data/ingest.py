@@ -164,7 +164,11 @@ class Ingestor:
             info = self.probes[key] = probe_image(path, self.limits)
         choices = record.get("choices") or None
         answer = _text(record.get("answer"))
-        qtype, atype, precision = infer_answer_type(answer or "", choices)
+        qtype, atype = record.get("question_type"), record.get("answer_type")  # the reader inferred them
+        if qtype is None or atype is None:  # a record without an answer: nothing was inferred
+            empty_qtype, empty_atype, _ = infer_answer_type(answer or "", choices)
+            qtype, atype = qtype or empty_qtype, atype or empty_atype
+        precision = record.get("precision")
         source = source_of(record, self.spec)
         code = resolve_task(record.get("task"), source, self.spec.task, self.table)
         scene = record.get("scene")
@@ -174,8 +178,7 @@ class Ingestor:
             "image_sha256": info.sha256, "image_phash": info.phash, "image_format": info.format,
             "width": info.width, "height": info.height, "image_bytes": info.size, "image_ok": info.ok,
             "image_error": info.error, "question": record["question"], "answer": answer,
-            "question_type": record.get("question_type") or qtype, "answer_type": record.get("answer_type") or atype,
-            "precision": None if record.get("precision", precision) is None else int(record.get("precision", precision)),
+            "question_type": qtype, "answer_type": atype, "precision": None if precision is None else int(precision),
             "choices": json.dumps(choices, ensure_ascii=False) if choices else None, "unit": record.get("unit"),
             "skills": json.dumps(record.get("skills") or [], ensure_ascii=False), "context": record.get("context"),
             "language": record.get("language") or "english", "complexity_label": record.get("complexity"),

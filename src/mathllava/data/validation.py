@@ -153,6 +153,19 @@ def _failing_rows(result: dict, frame: pd.DataFrame, rules: ValidationRules) -> 
     return reasons
 
 
+def reason_key(reason) -> str:
+    """The kind of a quarantine reason, for counts: its text before the first colon."""
+    return str(reason).split(":")[0]
+
+
+def rates(read: dict, failed: dict) -> tuple[float, dict[str, dict]]:
+    """(overall rate, per dataset {read, failed, rate}) from records read and failed per dataset."""
+    per = {str(d): {"read": int(n), "failed": int(failed.get(d, 0)), "rate": failed.get(d, 0) / n if n else 0.0}
+           for d, n in read.items()}
+    total = sum(v["read"] for v in per.values())
+    return (sum(v["failed"] for v in per.values()) / total if total else 0.0), per
+
+
 def failure_rates(manifest: pd.DataFrame, ingest_quarantine: pd.DataFrame | None,
                   validation_quarantine: pd.DataFrame) -> tuple[float, dict[str, dict]]:
     """(overall rate, per input dataset {read, failed, rate}): records that failed at ingest (unreadable,
@@ -162,12 +175,7 @@ def failure_rates(manifest: pd.DataFrame, ingest_quarantine: pd.DataFrame | None
     read = manifest.groupby("dataset").size().add(ingest_failed.groupby("dataset").size(), fill_value=0)
     failed = ingest_failed.groupby("dataset").size().add(validation_quarantine.groupby("dataset").size(),
                                                          fill_value=0)
-    per = {}
-    for dataset, n in read.items():
-        bad = int(failed.get(dataset, 0))
-        per[str(dataset)] = {"read": int(n), "failed": bad, "rate": bad / n if n else 0.0}
-    total = int(read.sum()) if len(read) else 0
-    return (int(failed.sum()) / total if total else 0.0), per
+    return rates(read.to_dict(), failed.to_dict())
 
 
 def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules,
@@ -193,14 +201,9 @@ def validate_manifest(manifest: pd.DataFrame, rules: ValidationRules,
     )
     valid = manifest.reset_index(drop=True).drop(index=bad).reset_index(drop=True)
     counts: dict[str, int] = {}
-    for reasons in failing.values():
-        for r in reasons:
-            key = r.split(":")[0]
-            counts[key] = counts.get(key, 0) + 1
-    if ingest_quarantine is not None:
-        for r in ingest_quarantine["reason"]:
-            key = str(r).split(":")[0]
-            counts[key] = counts.get(key, 0) + 1
+    every = [r for reasons in failing.values() for r in reasons]
+    for r in every + (list(ingest_quarantine["reason"]) if ingest_quarantine is not None else []):
+        counts[reason_key(r)] = counts.get(reason_key(r), 0) + 1
     overall, per_dataset = failure_rates(manifest, ingest_quarantine, quarantine)
     return ValidationOutcome(valid, quarantine, result, overall, counts, per_dataset, rules.max_failure_rate,
                              data_docs_html(gx_result))
@@ -257,9 +260,8 @@ class StreamValidator:
         for dataset, stage, reason in zip(quarantine["dataset"], quarantine["stage"], quarantine["reason"]):
             self.failed[dataset] = self.failed.get(dataset, 0) + 1
             for part in str(reason).split("; "):
-                key = part.split(":")[0]
                 bucket = self.reasons.setdefault(stage, {})
-                bucket[key] = bucket.get(key, 0) + 1
+                bucket[reason_key(part)] = bucket.get(reason_key(part), 0) + 1
 
     def feed(self, manifest: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         for dataset, n in pd.concat([manifest["dataset"], rejected["dataset"]]).value_counts().items():
@@ -296,12 +298,9 @@ class StreamValidator:
         return good, bad
 
     def report(self) -> dict:
-        read = sum(self.read.values())
-        failed = sum(self.failed.values())
-        return {"read": read, "valid": self.valid, "quarantined": failed,
-                "failure_rate": failed / read if read else 0.0,
-                "per_dataset": {d: {"read": n, "failed": self.failed.get(d, 0),
-                                    "rate": self.failed.get(d, 0) / n if n else 0.0} for d, n in self.read.items()},
+        overall, per_dataset = rates(self.read, self.failed)
+        return {"read": sum(self.read.values()), "valid": self.valid, "quarantined": sum(self.failed.values()),
+                "failure_rate": overall, "per_dataset": per_dataset,
                 "reasons_by_stage": self.reasons, "tasks": self.tasks,
                 "data_docs": [name for name, _, _ in self.pages]}
 
