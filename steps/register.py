@@ -119,7 +119,11 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
     uri = mlflow.get_tracking_uri()
     auto = settings.auto is True or (settings.auto == "first" and alias_version(MlflowClient(), name, "champion") is None)
     os.environ.setdefault("MATHLLAVA_ACTOR", f"pipeline run {get_step_context().pipeline_run.name}")
-    evaluate = scorer(settings.eval, uri)
+    try:
+        evaluate = scorer(settings.eval, uri)
+    except ValueError as err:  # no evaluation set here (e.g. no ../shared/data): a fair comparison is impossible
+        log_metrics({"promoted": 0.0}, section="registry")
+        return {"promoted": False, "reasons": [f"promotion skipped: {err}"]}
     try:
         if auto:
             decision, entry = promote(name, evaluate, settings.margins, registry_lock_path(name), uri,
