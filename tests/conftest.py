@@ -72,12 +72,16 @@ def _free_ports(count: int, stride: int = 1) -> int:
     raise RuntimeError("no free ports")
 
 
-@pytest.fixture(scope="session")
-def kube(tmp_path_factory):
-    """A real kube-apiserver v1.20, kube-controller-manager (garbage collector, service accounts) and
-    etcd (../shared/k8s-local) on free ports, with the Kubeflow CRDs
-    and the torch-distributed ClusterTrainingRuntime installed. `make test` builds the binaries once
-    (outside the clone); without them the tests that use this skip and say why."""
+# Kubeflow Trainer CRDs: v2.3.0, the latest release (runtimePatches), and the v2.0-era set (podSpecOverrides)
+# with the Training Operator's PyTorchJob
+CRDS_V23, CRDS_V20 = K8S_LOCAL / "crds-v2.3", K8S_LOCAL / "crds"
+
+
+def _control_plane(tmp_path_factory, crd_dirs):
+    """A real kube-apiserver v1.20, kube-controller-manager (garbage collector, service accounts, Job
+    controller) and etcd (../shared/k8s-local) on free ports, with the CRDs of `crd_dirs` installed in
+    order (a CRD or runtime already there is kept: the first folder wins). `make test` builds the
+    binaries once (outside the clone); without them the tests that use this skip and say why."""
     import subprocess
     import sys
     from types import SimpleNamespace
@@ -89,6 +93,9 @@ def kube(tmp_path_factory):
         log = prefix / "build.log"
         why = log.read_text(errors="replace")[-800:] if log.exists() else "never built"
         pytest.skip(f"kube-apiserver not built in {prefix} (`bash {K8S_LOCAL}/build.sh`, which `make test` runs): {why}")
+    for folder in crd_dirs:
+        if not folder.is_dir():
+            pytest.skip(f"no {folder}: these Kubeflow CRDs are not available")
     run = tmp_path_factory.mktemp("k8s-run")
     env = {**os.environ, "PREFIX": str(prefix), "RUN": str(run), "API_PORT": str(_free_ports(1)),
            "ETCD_PORT": str(_free_ports(3, 10)), "KCM_PORT": str(_free_ports(1)), "WITH_KCM": "1"}
@@ -98,25 +105,38 @@ def kube(tmp_path_factory):
         pytest.fail(f"k8s-local up.sh failed:\n{started.stdout}\n{started.stderr}")
     kubeconfig = run / "kubeconfig"
     try:
-        subprocess.run([sys.executable, str(K8S_LOCAL / "install_crds.py")], env={**env, "KUBECONFIG": str(kubeconfig)},
-                       check=True, capture_output=True, text=True)
+        for folder in crd_dirs:
+            subprocess.run([sys.executable, str(K8S_LOCAL / "install_crds.py"), str(folder)],
+                           env={**env, "KUBECONFIG": str(kubeconfig)}, check=True, capture_output=True, text=True)
         from kubernetes import config
 
         yield SimpleNamespace(kubeconfig=kubeconfig, api=config.new_client_from_config(config_file=str(kubeconfig)),
-                              fake_kubelet=K8S_LOCAL / "fake_kubelet.py")
+                              fake_kubelet=K8S_LOCAL / "fake_kubelet.py", crds=crd_dirs[0].name)
     finally:
         subprocess.run(["bash", str(K8S_LOCAL / "down.sh")], env=env)
 
 
-@pytest.fixture
-def namespace(kube, request):
-    """A fresh namespace per test (named after the test), once its default service account exists."""
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """The local control plane as today's clusters have it: Kubeflow Trainer v2.3.0's CRDs and
+    torch-distributed runtime, plus the Training Operator's PyTorchJob."""
+    yield from _control_plane(tmp_path_factory, [CRDS_V23, CRDS_V20])
+
+
+@pytest.fixture(scope="session")
+def kube_v20(tmp_path_factory):
+    """A second control plane with the v2.0-era Trainer CRDs (Trainer v2.0/v2.1: podSpecOverrides)."""
+    yield from _control_plane(tmp_path_factory, [CRDS_V20])
+
+
+def make_namespace(kube, name: str) -> str:
+    """A fresh namespace (from a test's name), once its default service account exists."""
     import re
     import time
 
     from kubernetes import client
 
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + os.urandom(2).hex()
+    name = re.sub(r"[^a-z0-9-]", "-", name.lower())[:40].strip("-") + "-" + os.urandom(2).hex()
     core = client.CoreV1Api(kube.api)
     core.create_namespace({"metadata": {"name": name}})
     deadline = time.monotonic() + 30
@@ -124,3 +144,9 @@ def namespace(kube, request):
         assert time.monotonic() < deadline, "the controller manager made no default service account"
         time.sleep(0.1)
     return name
+
+
+@pytest.fixture
+def namespace(kube, request):
+    """A fresh namespace per test (named after the test) on `kube`."""
+    return make_namespace(kube, request.node.name)

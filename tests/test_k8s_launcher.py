@@ -1,7 +1,8 @@
 """`mathllava k8s train`: rendering (no cluster), and submit / watch / succeed / fail / time out / clean up
-against the real kube-apiserver of ../shared/k8s-local with the real Kubeflow CRDs. No operator runs
-there, so the tests play it: they create the job's pods (driven by the fake kubelet) and patch the
-job's status."""
+against the real kube-apiserver of ../shared/k8s-local with the real Kubeflow CRDs: both the latest
+Kubeflow Trainer (v2.3.0, runtimePatches) and the v2.0-era set (podSpecOverrides), each on its own API
+server. No operator runs there, so the tests play it: they create the job's pods (driven by the fake
+kubelet) and patch the job's status."""
 
 import datetime
 import sys
@@ -11,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import K8S_LOCAL, ROOT
+from conftest import K8S_LOCAL, ROOT, make_namespace
 from mathllava.cli import main
 from mathllava.k8s.config import load_cluster_config
 from mathllava.k8s.manifests import TRAINJOB, PYTORCHJOB, render
@@ -50,7 +51,11 @@ def test_render_of_the_readme_example_is_a_trainjob_on_8_gpus_with_zero3(capsys)
                  "--namespace", "mathllava", "--render"]) == 0
     comments, docs = rendered_documents(capsys.readouterr().out)
     config_map, job = docs
+    # no cluster was read: the latest Trainer API, and the comment says it was assumed
+    assert comments[0].startswith("# trainer API v2.2: Kubeflow Trainer v2.2+ (runtimePatches") and "assumed" in comments[0]
     assert job["kind"] == "TrainJob" and job["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert "podSpecOverrides" not in job["spec"] and "labels" not in job["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] == 172800   # job.timeout_s
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == 1 and trainer["numProcPerNode"] == 8
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
@@ -64,15 +69,27 @@ def test_render_of_the_readme_example_is_a_trainjob_on_8_gpus_with_zero3(capsys)
     for doc in docs:
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mathllava-ops"
         assert doc["metadata"]["namespace"] == "mathllava"
-    override = job["spec"]["podSpecOverrides"][0]
-    shm = next(v for v in override["volumes"] if v["name"] == "dshm")
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "mathllava-ops/launcher"
+    (target,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert target["name"] == "node"
+    pod = target["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mathllava-ops"
+    shm = next(v for v in pod["spec"]["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "128Gi"}
-    assert {"name": "dshm", "mountPath": "/dev/shm"} in override["containers"][0]["volumeMounts"]
-    assert override["tolerations"][0]["key"] == "nvidia.com/gpu"
+    (container,) = pod["spec"]["containers"]
+    assert container == {"name": "node", "volumeMounts": [
+        {"name": "train-config", "mountPath": "/etc/mathllava", "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "shared", "mountPath": "/mnt/shared"}]}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    env = {e["name"]: e for e in trainer["env"]}   # Trainer v2.2+ takes env on the trainer only
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "mathllava-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
     # the estimate: 360,000 samples x 700 tokens x 2 epochs at the measured rate scaled from 1.35B to 7.06B
     rate = 35.4 * 701 * 1.35e9 / 7.06e9
     gpu_hours = 360_000 * 700 * 2 / rate / 3600
-    assert comments[0] == f"# estimate: {gpu_hours:,.1f} GPU-hours, {gpu_hours / 8:,.1f} h on 8 GPUs (linear scaling assumed)"
+    assert comments[1] == f"# estimate: {gpu_hours:,.1f} GPU-hours, {gpu_hours / 8:,.1f} h on 8 GPUs (linear scaling assumed)"
 
 
 def test_render_pytorchjob_has_a_master_and_workers_and_the_same_script(tmp_path, capsys):
@@ -80,7 +97,8 @@ def test_render_pytorchjob_has_a_master_and_workers_and_the_same_script(tmp_path
     assert main(["k8s", "train", "--config", str(path), "--kubeconfig", "x", "--namespace", "ns",
                  "--kind", "pytorchjob", "--render"]) == 0
     comments, (config_map, job) = rendered_documents(capsys.readouterr().out)
-    assert comments == ["# estimate: none (set estimate.measured and a token count in the config)"]
+    assert comments == ["# PyTorchJob (Kubeflow Training Operator v1, kubeflow.org/v1)",
+                        "# estimate: none (set estimate.measured and a token count in the config)"]
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "8"
     specs = job["spec"]["pytorchReplicaSpecs"]
     assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 2
@@ -133,7 +151,10 @@ def test_stage_copies_folders_both_ways(tmp_path):
     ({"memory": "lots"}, {}, "job.memory"),
     ({"name": "Bad_Name"}, {}, "job.name"),
     ({"name": "7b-run"}, {}, "job.name"),
-    ({"image_pull_secrets": ["regcred"]}, {}, "job.image_pull_secrets: a TrainJob cannot set them"),
+    ({"image_pull_secrets": ["regcred"], "trainer_api": "v2.0"}, {},
+     "job.image_pull_secrets: a Trainer v2.0 TrainJob cannot set them"),
+    ({"env_from_secrets": ["mathllava-s3"]}, {}, "job.env_from_secrets: Kubeflow Trainer v2.2+ has no envFrom"),
+    ({"trainer_api": "v2.1"}, {}, "job.trainer_api"),
     ({}, {"base": "models/base"}, "base: 'models/base' must be an absolute path"),
     ({}, {"data": "/elsewhere/train.json"}, "is not under the PVC's mount_path"),
 ])
@@ -144,11 +165,45 @@ def test_bad_config_names_the_key_and_submits_nothing(tmp_path, capsys, job, sto
     assert str(path) in err and key in err
 
 
-# --- against the real API server -------------------------------------------------------------------------
+def test_render_for_trainer_v20_puts_pod_settings_in_pod_spec_overrides(tmp_path, capsys):
+    path = write_config(tmp_path, job={"trainer_api": "v2.0", "env_from_secrets": ["mathllava-s3"]})
+    assert main(["k8s", "train", "--config", str(path), "--kubeconfig", "x", "--namespace", "ns", "--render"]) == 0
+    comments, (_, job) = rendered_documents(capsys.readouterr().out)
+    assert comments[0] == "# trainer API v2.0: Kubeflow Trainer v2.0/v2.1 (podSpecOverrides); set by job.trainer_api"
+    spec = job["spec"]
+    assert "runtimePatches" not in spec and "activeDeadlineSeconds" not in spec
+    (override,) = spec["podSpecOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}] and override["nodeSelector"] == {"gpu": "h100"}
+    assert override["containers"][0]["envFrom"] == [{"secretRef": {"name": "mathllava-s3"}}]
+    assert spec["labels"]["app.kubernetes.io/part-of"] == "mathllava-ops"
 
-@pytest.fixture(scope="module")
-def kubelet(kube):
-    """The fake kubelet: binds pods to a GPU node and moves them to Succeeded (or Failed)."""
+
+def test_pruned_paths_are_listed_by_name_and_position():
+    from mathllava.k8s.launcher import dropped_fields
+
+    sent = {"spec": {"a": 1, "runtimePatches": [{"manager": "m"}], "vols": [{"name": "x", "pvc": 1}, {"name": "y"}],
+                     "cmd": ["a", "b"], "keep": {"x": 1}}}
+    kept = {"spec": {"a": 2, "vols": [{"name": "y"}, {"name": "x"}], "cmd": ["a"], "keep": {"x": 1, "default": 0}}}
+    # a changed value or a field the server added is not a loss; a missing key, item or list entry is
+    assert dropped_fields(sent, kept) == ["spec.runtimePatches", "spec.vols[x].pvc", "spec.cmd[1]"]
+    assert dropped_fields(sent, sent) == []
+
+
+# --- against the real API servers -------------------------------------------------------------------------
+
+@pytest.fixture(params=["v2.3", "v2.0"])
+def cluster(request):
+    """A namespace on the Trainer v2.3.0 server (today's clusters) or on the v2.0-era one."""
+    from types import SimpleNamespace
+
+    kube = request.getfixturevalue("kube" if request.param == "v2.3" else "kube_v20")
+    return SimpleNamespace(kube=kube, namespace=make_namespace(kube, request.node.name), crds=request.param,
+                           api_version="v2.2" if request.param == "v2.3" else "v2.0")
+
+
+def _kubelet(kube):
+    """The fake kubelet of one API server: binds pods to a GPU node and moves them to Succeeded (or
+    Failed); stopped before its server."""
     sys.path.insert(0, str(K8S_LOCAL))
     import fake_kubelet
     from kubernetes import client
@@ -159,6 +214,16 @@ def kubelet(kube):
     yield
     stop.set()
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def kubelet(kube):
+    yield from _kubelet(kube)
+
+
+@pytest.fixture(scope="session")
+def kubelet_v20(kube_v20):
+    yield from _kubelet(kube_v20)
 
 
 # the label each operator really puts on a job's pods (JobSet for Trainer v2; Training Operator v1)
@@ -199,6 +264,13 @@ class Operator:
         self.custom.patch_namespaced_custom_object_status(self.group, self.version, self.namespace, self.plural, name,
                                                           {"status": {"conditions": conditions}})
 
+    def trainer_status(self, name, percent, remaining, metrics):
+        """What Trainer v2.2+'s status server writes from rank 0's POST."""
+        self.custom.patch_namespaced_custom_object_status(self.group, self.version, self.namespace, self.plural, name, {
+            "status": {"trainerStatus": {"progressPercentage": percent, "estimatedRemainingSeconds": remaining,
+                                         "metrics": [{"name": k, "value": v} for k, v in metrics.items()],
+                                         "lastUpdatedTime": _now()}}})
+
     def pod(self, name, exit_code=0):
         pod = self.core.create_namespaced_pod(self.namespace, {
             "metadata": {"name": f"{name}-node-0-0", "labels": {OPERATOR_POD_LABEL[self.kind]: name},
@@ -234,18 +306,27 @@ def _args(kube, path, namespace, *extra):
 
 
 @pytest.mark.parametrize("kind", ["trainjob", "pytorchjob"])
-def test_jobs_are_accepted_by_the_real_crds_unchanged(kube, namespace, tmp_path, kind):
-    """The server prunes fields its CRD schema does not know: what comes back must be what was sent."""
+def test_jobs_are_accepted_by_the_real_crds_unchanged(cluster, tmp_path, kind):
+    """The server prunes fields its CRD schema does not know: what comes back must be what was sent,
+    for the Trainer API the launcher read from the cluster's CRD."""
     from kubernetes import client
 
-    from mathllava.k8s.launcher import fit_runtime, submit
+    from mathllava.k8s.launcher import detect_trainer_api, render_for_cluster, submit
 
-    config = load_cluster_config(write_config(tmp_path, job={"env_from_secrets": ["mathllava-s3"]}))
-    rendered = render(config, namespace, kind=kind)
-    fit_runtime(kube.api, rendered, False, False)
-    if kind == "trainjob":  # the local runtime names its trainer job and container the older way
-        override = rendered.job["spec"]["podSpecOverrides"][0]
-        assert override["targetJobs"] == [{"name": "trainer-node"}] and override["containers"][0]["name"] == "trainer"
+    kube, namespace = cluster.kube, cluster.namespace
+    assert detect_trainer_api(kube.api) == cluster.api_version
+    # envFrom exists on the older API (and PyTorchJob) only; Trainer v2.2+ takes named secret variables
+    job = ({"secret_env": {"AWS_ACCESS_KEY_ID": {"secret": "mathllava-s3", "key": "AWS_ACCESS_KEY_ID"}}}
+           if cluster.api_version == "v2.2" and kind == "trainjob" else {"env_from_secrets": ["mathllava-s3"]})
+    config = load_cluster_config(write_config(tmp_path, job={**job, "image_pull_secrets": []}))
+    rendered = render_for_cluster(kube.api, config, namespace, kind=kind)
+    if kind == "trainjob":
+        assert rendered.trainer_api == cluster.api_version and rendered.api_source == "cluster"
+        target, container = rendered.trainer_patch()
+        # the runtime's own names: the local v2.0-era runtime names them the older way
+        assert (target["name"], container["name"]) == (("node", "node") if cluster.crds == "v2.3"
+                                                       else ("trainer-node", "trainer"))
+        assert ("runtimePatches" in rendered.job["spec"]) is (cluster.api_version == "v2.2")
     created = submit(kube.api, rendered)
     group, version, plural, _ = rendered.api
     stored = client.CustomObjectsApi(kube.api).get_namespaced_custom_object(group, version, namespace, plural,
@@ -261,8 +342,78 @@ def test_jobs_are_accepted_by_the_real_crds_unchanged(kube, namespace, tmp_path,
     assert yaml.safe_load(config_map.data["train.yaml"])["train"] == config.train.model_dump(mode="json")
 
 
+def _count_leaves(node) -> int:
+    if isinstance(node, dict):
+        return sum(_count_leaves(v) for v in node.values()) or 1
+    if isinstance(node, list):
+        return sum(_count_leaves(v) for v in node) or 1
+    return 1
+
+
+def test_the_readme_job_keeps_every_field_on_either_trainer(cluster, capsys):
+    """The documented command, against each server: the API is read from the CRD, and what the server
+    kept is every field that was rendered (the volumes, /dev/shm, the GPU toleration and selector, the
+    S3 secret, the labels)."""
+    from kubernetes import client
+
+    from mathllava.k8s.launcher import dropped_fields, render_for_cluster
+
+    rc = main(["k8s", "train", "--config", "configs/k8s/train.yaml", "--kubeconfig", str(cluster.kube.kubeconfig),
+               "--namespace", cluster.namespace])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    kind, name = out.strip().split("/")
+    assert kind == "TrainJob" and f"trainer API {cluster.api_version}" in err and "read from the cluster" in err
+    stored = client.CustomObjectsApi(cluster.kube.api).get_namespaced_custom_object(
+        *TRAINJOB[:2], cluster.namespace, TRAINJOB[2], name)
+    config = load_cluster_config("configs/k8s/train.yaml")
+    sent = render_for_cluster(cluster.kube.api, config, cluster.namespace, name=name).job
+    assert dropped_fields(sent["spec"], stored["spec"]) == []
+    if cluster.api_version == "v2.2":
+        pod = stored["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+            "template"]["spec"]["template"]
+        assert stored["spec"]["activeDeadlineSeconds"] == 172800
+    else:
+        override = stored["spec"]["podSpecOverrides"][0]
+        pod = {"metadata": {"labels": stored["spec"]["labels"]}, "spec": override}
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"train-config", "dshm", "shared"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mathllava-ops"
+    env = {e["name"]: e for e in stored["spec"]["trainer"]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "mathllava-s3"
+    assert _count_leaves(stored["spec"]) >= _count_leaves(sent["spec"]) > 40
+
+
+@pytest.mark.parametrize("server, forced", [("v2.0", "v2.2"), ("v2.3", "v2.0")])
+def test_a_job_the_server_prunes_is_refused_naming_the_fields_and_deleted(request, tmp_path, capsys, server, forced):
+    """A TrainJob written for the other Trainer generation: a v1.20 server (like one without strict field
+    validation) drops what its CRD does not know. The launcher reads the job back, deletes it and exits
+    2 naming each dropped field: never a success for a job without its volumes."""
+    from kubernetes import client
+
+    kube = request.getfixturevalue("kube" if server == "v2.3" else "kube_v20")
+    namespace = make_namespace(kube, request.node.name)
+    path = write_config(tmp_path, job={"trainer_api": forced})
+    rc = main(_args(kube, path, namespace, "--wait", "--timeout", "30"))
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "the API server dropped" in err and "so the job was deleted" in err
+    lost = {line.strip() for line in err.splitlines() if line.startswith("  spec.")}
+    if forced == "v2.2":
+        assert lost == {"spec.activeDeadlineSeconds", "spec.runtimePatches"}
+    else:
+        assert lost == {"spec.labels", "spec.podSpecOverrides"}
+    custom = client.CustomObjectsApi(kube.api)
+    assert custom.list_namespaced_custom_object(*TRAINJOB[:2], namespace, TRAINJOB[2])["items"] == []
+    assert client.CoreV1Api(kube.api).list_namespaced_config_map(
+        namespace, label_selector="app.kubernetes.io/part-of=mathllava-ops").items == []  # nothing left behind
+
+
 @pytest.mark.parametrize("kind", ["trainjob", "pytorchjob"])
-def test_wait_follows_the_job_to_success_and_cleans_up(kube, kubelet, namespace, tmp_path, capsys, kind):
+def test_wait_follows_the_job_to_success_and_cleans_up(cluster, request, tmp_path, capsys, kind):
+    kube, namespace = cluster.kube, cluster.namespace
+    request.getfixturevalue("kubelet" if cluster.crds == "v2.3" else "kubelet_v20")
     path = write_config(tmp_path)
     thread, result = run_cli(_args(kube, path, namespace, "--kind", kind, "--wait", "--timeout", "60"))
     operator = Operator(kube, namespace, kind)
@@ -270,6 +421,8 @@ def test_wait_follows_the_job_to_success_and_cleans_up(kube, kubelet, namespace,
     operator.condition(name, "Created", "JobCreated")
     if kind == "pytorchjob":
         operator.condition(name, "Running", "JobRunning")
+    if kind == "trainjob" and cluster.api_version == "v2.2":   # rank 0's report through the status server
+        operator.trainer_status(name, 45, 120, {"loss": "0.1500", "learning_rate": "2e-05", "epoch": "0.90"})
     operator.pod(name)
     operator.condition(name, "Complete" if kind == "trainjob" else "Succeeded", "JobSucceeded", "all nodes finished")
     thread.join(timeout=30)
@@ -280,6 +433,8 @@ def test_wait_follows_the_job_to_success_and_cleans_up(kube, kubelet, namespace,
     assert f"succeeded; the run is in /mnt/shared/runs/{name}" in out
     assert f"pod {name}-node-0-0: Running" in err and f"pod {name}-node-0-0: Succeeded" in err
     assert "Created" in err  # the job's own progress
+    if kind == "trainjob" and cluster.api_version == "v2.2":
+        assert "training: 45%, 120 s left, loss 0.1500, learning_rate 2e-05, epoch 0.90" in err
     from kubernetes import client
 
     assert not operator.exists(name)  # cleanup: on-success

@@ -3,8 +3,11 @@
     mathllava k8s train --config FILE --kubeconfig FILE --namespace NS [--kind trainjob|pytorchjob]
                         [--render] [--wait] [--timeout S]
 
---render prints the manifests as YAML (with a GPU-hours estimate as comments) and submits nothing.
-Otherwise the job is submitted and its kind/name printed; with --wait the command follows it and exits
+--render prints the manifests as YAML (with the Trainer API generation it assumed and a GPU-hours
+estimate as comments) and submits nothing; it reads no cluster, so with job.trainer_api: auto a TrainJob
+is written for the latest API (Trainer v2.2+). Otherwise the API is read from the cluster's TrainJob CRD
+(unless job.trainer_api names it), the job is submitted, read back (a job the server pruned is deleted
+and refused, naming the dropped fields) and its kind/name printed; with --wait the command follows it and exits
 0 when it succeeds, 1 with the job's reason when it fails, 124 when it times out. Exit 2: a bad config
 or a refusal by the API server.
 """
@@ -30,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def train(args: argparse.Namespace) -> int:
     from .config import load_cluster_config
     from .estimate import estimate
-    from .launcher import ClusterError, api_client, fit_runtime, run, submit
-    from .manifests import render
+    from .launcher import ClusterError, api_client, run, submit
 
     try:
         config = load_cluster_config(args.config)
@@ -40,22 +42,27 @@ def train(args: argparse.Namespace) -> int:
                 raise ValueError("--timeout must be > 0")
             # the job's own deadline (PyTorchJob activeDeadlineSeconds) follows the wait's
             config = config.model_copy(update={"job": config.job.model_copy(update={"timeout_s": args.timeout})})
-        try:
-            rendered = render(config, args.namespace, kind=args.kind)
-        except ValueError as err:
-            raise ValueError(f"{args.config}: {err}") from None
+        if args.render:
+            rendered = _render(config, args, None)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.render:
         guess = estimate(config)
-        lines = guess.lines() if guess else ["estimate: none (set estimate.measured and a token count in the config)"]
+        lines = [rendered.describe_api()]
+        lines += guess.lines() if guess else ["estimate: none (set estimate.measured and a token count in the config)"]
         print("".join(f"# {line}\n" for line in lines) + "---\n" + rendered.yaml(), end="")
         return 0
-    kind_name = f"{rendered.job['kind']}/{rendered.name}"
     try:
         api = api_client(args.kubeconfig)
-        fit_runtime(api, rendered, config.job.runtime_job is not None, config.job.runtime_container is not None)
+        try:
+            rendered = _render(config, args, api)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        kind_name = f"{rendered.job['kind']}/{rendered.name}"
+        if rendered.kind == "trainjob":
+            print(f"{kind_name}: {rendered.describe_api()}", file=sys.stderr)
         if not args.wait:
             submit(api, rendered)
             print(kind_name)
@@ -79,6 +86,20 @@ def train(args: argparse.Namespace) -> int:
         return 0
     print(f"error: {kind_name} {outcome.describe()}", file=sys.stderr)
     return 124 if outcome.state == "timeout" else 1
+
+
+def _render(config, args, api):
+    """The manifests for the cluster behind `api` (its Trainer API and runtime names read from it), or,
+    with no `api`, as job.trainer_api says (auto: the latest). A ValueError names the config file."""
+    from .launcher import render_for_cluster
+    from .manifests import render
+
+    try:
+        if api is None:
+            return render(config, args.namespace, kind=args.kind)
+        return render_for_cluster(api, config, args.namespace, kind=args.kind)
+    except ValueError as err:
+        raise ValueError(f"{args.config}: {err}") from None
 
 
 def register(sub) -> None:

@@ -29,6 +29,9 @@ class JobSettings(Strict):
 
     name: str = "mathllava-train"           # a prefix: the job is named <name>-<6 random characters>
     kind: Literal["trainjob", "pytorchjob"] = "trainjob"
+    # the Kubeflow Trainer API a TrainJob is written for: v2.0 (v2.0/v2.1, podSpecOverrides) or v2.2
+    # (v2.2+, runtimePatches and activeDeadlineSeconds); auto reads it from the cluster's TrainJob CRD
+    trainer_api: Literal["auto", "v2.0", "v2.2"] = "auto"
     runtime: str = "torch-distributed"     # the ClusterTrainingRuntime a TrainJob refers to
     runtime_job: str | None = None          # its replicated job and container to override (None: read from
     runtime_container: str | None = None    # the runtime on submit; "node", Trainer v2's name, for --render)

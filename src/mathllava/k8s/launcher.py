@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .manifests import POD_SELECTOR, Rendered
+from .config import ClusterTrainConfig
+from .manifests import POD_SELECTOR, TRAINJOB, Rendered, render
 
 SUCCESS = {"Succeeded", "Complete"}     # PyTorchJob, TrainJob
 FAILURE = {"Failed"}
@@ -60,6 +61,66 @@ def api_error(err, what: str) -> ClusterError:
     return ClusterError(f"{what} (HTTP {err.status}, {body.get('reason', err.reason)}): {text}")
 
 
+TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
+
+
+def detect_trainer_api(api) -> str:
+    """The Kubeflow Trainer API generation the cluster serves, from its TrainJob CRD's schema:
+    v2.2 when spec has runtimePatches (Trainer v2.2+), v2.0 when it has podSpecOverrides (v2.0/v2.1)."""
+    from kubernetes import client
+
+    try:
+        crd = json.loads(client.ApiextensionsV1Api(api).read_custom_resource_definition(
+            TRAINJOB_CRD, _preload_content=False).data)
+    except client.ApiException as err:
+        if err.status == 404:
+            raise ClusterError(f"the cluster has no TrainJob CRD ({TRAINJOB_CRD}): install Kubeflow Trainer v2 "
+                               "or use --kind pytorchjob") from None
+        if err.status == 403:
+            raise ClusterError(f"cannot read the CRD {TRAINJOB_CRD} to tell which Kubeflow Trainer the cluster "
+                               "runs (forbidden): set job.trainer_api to v2.0 (Trainer v2.0/v2.1) or v2.2 "
+                               "(Trainer v2.2+)") from None
+        raise api_error(err, f"reading the CRD {TRAINJOB_CRD}") from None
+    version = next((v for v in crd["spec"]["versions"] if v["name"] == TRAINJOB[1] and v.get("served")), {})
+    schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+    fields = set(((schema.get("properties") or {}).get("spec") or {}).get("properties") or {})
+    if "runtimePatches" in fields:
+        return "v2.2"
+    if "podSpecOverrides" in fields:
+        return "v2.0"
+    raise ClusterError(f"the cluster's TrainJob CRD ({TRAINJOB_CRD}, {TRAINJOB[1]}) has neither runtimePatches "
+                       "nor podSpecOverrides: set job.trainer_api to v2.0 or v2.2")
+
+
+def dropped_fields(sent, kept, path: str = "") -> list[str]:
+    """The paths of what `sent` holds and `kept` lacks: fields a server pruned because its schema does
+    not know them. Lists of named items are matched by name, other lists by position; values the
+    server filled in or normalised are not counted."""
+    if isinstance(sent, dict):
+        if not isinstance(kept, dict):
+            return [path or "."]
+        out = []
+        for key, value in sent.items():
+            where = f"{path}.{key}" if path else key
+            if key not in kept:
+                out.append(where)
+            else:
+                out += dropped_fields(value, kept[key], where)
+        return out
+    if isinstance(sent, list) and sent and all(isinstance(v, dict) and "name" in v for v in sent):
+        if not isinstance(kept, list):
+            return [path]
+        by_name = {v.get("name"): v for v in kept if isinstance(v, dict)}
+        return [p for v in sent for p in (dropped_fields(v, by_name[v["name"]], f"{path}[{v['name']}]")
+                                          if v["name"] in by_name else [f"{path}[{v['name']}]"])]
+    if isinstance(sent, list):
+        if not isinstance(kept, list):
+            return [path]
+        return [p for i, v in enumerate(sent) for p in (dropped_fields(v, kept[i], f"{path}[{i}]")
+                                                        if i < len(kept) else [f"{path}[{i}]"])]
+    return []
+
+
 def _runtime_names(api, rendered: Rendered) -> tuple[str, str] | None:
     """(replicated job, container) of the TrainJob's ClusterTrainingRuntime, read from the cluster."""
     from kubernetes import client
@@ -92,11 +153,22 @@ def fit_runtime(api, rendered: Rendered, job_given: bool, container_given: bool)
     if rendered.kind != "trainjob" or (job_given and container_given):
         return
     job_name, container = _runtime_names(api, rendered)
-    override = rendered.job["spec"]["podSpecOverrides"][0]
+    target, trainer = rendered.trainer_patch()
     if not job_given:
-        override["targetJobs"] = [{"name": job_name}]
+        target["name"] = job_name
     if not container_given:
-        override["containers"][0]["name"] = container
+        trainer["name"] = container
+
+
+def render_for_cluster(api, config: ClusterTrainConfig, namespace: str, kind: str | None = None,
+                       name: str | None = None, mlflow_run_id: str | None = None) -> Rendered:
+    """The job written for this cluster: a TrainJob for the Trainer API its CRD serves (unless
+    job.trainer_api names one), aimed at its runtime's own trainer job and container."""
+    kind = kind or config.job.kind
+    api_version = detect_trainer_api(api) if kind == "trainjob" and config.job.trainer_api == "auto" else None
+    rendered = render(config, namespace, kind=kind, name=name, mlflow_run_id=mlflow_run_id, trainer_api=api_version)
+    fit_runtime(api, rendered, config.job.runtime_job is not None, config.job.runtime_container is not None)
+    return rendered
 
 
 def submit(api, rendered: Rendered) -> dict:
@@ -122,6 +194,17 @@ def submit(api, rendered: Rendered) -> dict:
                                f"{'Kubeflow Trainer v2' if kind == 'TrainJob' else 'the Kubeflow Training Operator'}"
                                f" or choose the other --kind") from None
         raise api_error(err, f"the API server refused {kind} {rendered.name}") from None
+    kept = custom.get_namespaced_custom_object(group, version, rendered.namespace, plural, rendered.name)
+    lost = dropped_fields({"metadata": {"labels": rendered.job["metadata"].get("labels") or {}},
+                           "spec": rendered.job["spec"]}, kept)
+    if lost:  # a server without strict field validation pruned them: a job without its volumes or GPUs
+        delete(api, rendered)
+        api_line = f" (rendered for {rendered.describe_api()})" if rendered.kind == "trainjob" else ""
+        raise ClusterError(f"the API server dropped {len(lost)} field(s) of {kind} {rendered.name} that its "
+                           f"CRD does not know, so the job was deleted{api_line}:"
+                           + "".join(f"\n  {p}" for p in lost)
+                           + ("\n  set job.trainer_api to the cluster's Kubeflow Trainer (v2.0 or v2.2), or "
+                              "leave it auto" if rendered.kind == "trainjob" else ""))
     owner = {"apiVersion": f"{group}/{version}", "kind": kind, "name": rendered.name,
              "uid": created["metadata"]["uid"], "blockOwnerDeletion": False}
     try:
@@ -165,6 +248,13 @@ def progress_of(job: dict) -> str:
     for entry in status.get("jobsStatus") or []:
         parts.append(f"{entry['name']}: " + ", ".join(f"{k} {entry[k]}" for k in
                                                       ("active", "ready", "succeeded", "failed") if entry.get(k)))
+    trainer = status.get("trainerStatus")
+    if trainer:   # what rank 0 reported to Trainer v2.2+'s status server (mathllava.train.progress)
+        line = [f"{trainer['progressPercentage']}%"] if trainer.get("progressPercentage") is not None else []
+        if trainer.get("estimatedRemainingSeconds") is not None:
+            line.append(f"{trainer['estimatedRemainingSeconds']} s left")
+        line += [f"{m.get('name')} {m.get('value')}" for m in trainer.get("metrics") or []]
+        parts.append("training: " + ", ".join(line or ["reported"]))
     return "; ".join(parts) or "submitted"
 
 

@@ -1,6 +1,12 @@
 """The Kubernetes objects of one training run: a ConfigMap with the training settings and a Kubeflow
 job (TrainJob, trainer.kubeflow.org/v1alpha1, or PyTorchJob, kubeflow.org/v1) whose every node runs
-`mathllava train` under torchrun. Plain dicts, as `kubectl apply` would take them."""
+`mathllava train` under torchrun. Plain dicts, as `kubectl apply` would take them.
+
+A TrainJob is written for one of the two Kubeflow Trainer API generations: v2.0 (Trainer v2.0 and
+v2.1: the pods' volumes, placement and mounts in `podSpecOverrides`, labels in `spec.labels`) or v2.2
+(Trainer v2.2 and later: the same in a `runtimePatches` entry of this project's manager, labels on the
+pod template, and the deadline in `spec.activeDeadlineSeconds`). A server of the other generation
+prunes what it does not know, so the launcher reads the job back after creating it."""
 
 from __future__ import annotations
 
@@ -19,6 +25,11 @@ TRAINJOB = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
 # the label each operator puts on the pods of a job (JobSet for Trainer v2, Training Operator v1)
 POD_SELECTOR = {"trainjob": "jobset.sigs.k8s.io/jobset-name", "pytorchjob": "training.kubeflow.org/job-name"}
+TRAINER_APIS = {"v2.0": "Kubeflow Trainer v2.0/v2.1 (podSpecOverrides)",
+                "v2.2": "Kubeflow Trainer v2.2+ (runtimePatches, activeDeadlineSeconds)"}
+LATEST_TRAINER_API = "v2.2"
+# the owner of this project's runtimePatches entry (Trainer's webhook wants a domain-prefixed path)
+PATCH_MANAGER = "mathllava-ops/launcher"
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,26 @@ class Rendered:
     config_map: dict
     job: dict
     output: str             # where the run's folder (checkpoints, model/, summary.json) ends up
+    trainer_api: str | None = None   # a TrainJob's API generation (v2.0 | v2.2); None for a PyTorchJob
+    api_source: str = "config"       # where trainer_api came from: cluster (its CRD) | config | assumed
+
+    def describe_api(self) -> str:
+        """One line on the API the job is written for, and whether it was read from the cluster."""
+        if self.kind != "trainjob":
+            return "PyTorchJob (Kubeflow Training Operator v1, kubeflow.org/v1)"
+        how = {"cluster": "read from the cluster's TrainJob CRD", "config": "set by job.trainer_api",
+               "assumed": "assumed, the latest: job.trainer_api is auto and no cluster was read; set "
+                          "job.trainer_api: v2.0 for Trainer v2.0/v2.1"}[self.api_source]
+        return f"trainer API {self.trainer_api}: {TRAINER_APIS[self.trainer_api]}; {how}"
+
+    def trainer_patch(self) -> tuple[dict, dict]:
+        """(the replicated-job target, the trainer container) of a TrainJob's pod patch, either API."""
+        spec = self.job["spec"]
+        if self.trainer_api == "v2.0":
+            override = spec["podSpecOverrides"][0]
+            return override["targetJobs"][0], override["containers"][0]
+        target = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+        return target, target["template"]["spec"]["template"]["spec"]["containers"][0]
 
     @property
     def api(self) -> tuple[str, str, str, str]:
@@ -158,8 +189,15 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def render(config: ClusterTrainConfig, namespace: str, kind: str | None = None, name: str | None = None,
-           mlflow_run_id: str | None = None) -> Rendered:
+           mlflow_run_id: str | None = None, trainer_api: str | None = None) -> Rendered:
+    """`trainer_api`: the cluster's Trainer API generation when known (the launcher reads it from the
+    CRD); else job.trainer_api, where auto assumes the latest."""
     kind = kind or config.job.kind
+    api = trainer_api or config.job.trainer_api
+    source = "cluster" if trainer_api else "assumed" if api == "auto" else "config"
+    api = LATEST_TRAINER_API if api == "auto" else api
+    if api not in TRAINER_APIS:
+        raise ValueError(f"trainer API must be one of {sorted(TRAINER_APIS)}, not {api!r}")
     name = name or job_name(config.job.name)
     labels = {**config.job.labels, **PART_OF, "app.kubernetes.io/name": "mathllava-train",
               "app.kubernetes.io/instance": name}
@@ -176,36 +214,58 @@ def render(config: ClusterTrainConfig, namespace: str, kind: str | None = None, 
         "serviceAccountName": config.job.service_account, "volumes": volumes,
         "imagePullSecrets": [{"name": s} for s in config.job.image_pull_secrets] or None}.items() if v is not None}
     if kind == "trainjob":
-        if config.job.image_pull_secrets:
-            raise ValueError("job.image_pull_secrets: a TrainJob cannot set them (its pod overrides have no such "
-                             "field); give them to the service account (job.service_account) instead")
-        job = _trainjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts)
+        job = (_trainjob_v20 if api == "v2.0" else _trainjob_v22)(
+            config, name, namespace, labels, command, env, env_from, pod_spec, mounts)
     elif kind == "pytorchjob":
         job = _pytorchjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts)
     else:
         raise ValueError(f"kind must be trainjob or pytorchjob, not {kind!r}")
     if config.job.overrides:
         job = _merge(job, config.job.overrides)
-    return Rendered(kind, name, namespace, config_map, job, output_location(config, name))
+    return Rendered(kind, name, namespace, config_map, job, output_location(config, name),
+                    trainer_api=api if kind == "trainjob" else None, api_source=source)
 
 
-def _trainjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts) -> dict:
-    target = config.job.runtime_job or "node"
-    container = {"name": config.job.runtime_container or "node", "volumeMounts": mounts}
-    if env_from:
-        container["envFrom"] = env_from
-    override = {"targetJobs": [{"name": target}], **{k: v for k, v in pod_spec.items() if k != "imagePullSecrets"},
-                "containers": [container]}
+def _trainjob_spec(config, command, env) -> dict:
+    """What both Trainer API generations share: the runtime, and the trainer's image, command, env,
+    nodes and resources."""
     trainer = {"image": config.job.image, "command": command, "env": env, "numNodes": config.job.nodes,
                "numProcPerNode": nproc(config)}
     resources = _resources(config)
     if resources:
         trainer["resourcesPerNode"] = resources
+    return {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                           "name": config.job.runtime}, "trainer": trainer}
+
+
+def _trainjob_v20(config, name, namespace, labels, command, env, env_from, pod_spec, mounts) -> dict:
+    if config.job.image_pull_secrets:
+        raise ValueError("job.image_pull_secrets: a Trainer v2.0 TrainJob cannot set them (its pod overrides have "
+                         "no such field); give them to the service account (job.service_account) instead")
+    container = {"name": config.job.runtime_container or "node", "volumeMounts": mounts}
+    if env_from:
+        container["envFrom"] = env_from
+    override = {"targetJobs": [{"name": config.job.runtime_job or "node"}],
+                **{k: v for k, v in pod_spec.items() if k != "imagePullSecrets"}, "containers": [container]}
     return {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
             "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
-                                    "name": config.job.runtime},
-                     "labels": labels, "trainer": trainer, "podSpecOverrides": [override]}}
+            "spec": {**_trainjob_spec(config, command, env), "labels": labels, "podSpecOverrides": [override]}}
+
+
+def _trainjob_v22(config, name, namespace, labels, command, env, env_from, pod_spec, mounts) -> dict:
+    if env_from:  # a patch sets a container's env, volumeMounts and securityContext only; the trainer has env
+        raise ValueError("job.env_from_secrets: Kubeflow Trainer v2.2+ has no envFrom (a runtime patch sets only "
+                         "a container's env, volumeMounts and securityContext): name each variable in "
+                         "job.secret_env ({VAR: {secret: NAME, key: KEY}}), or set job.trainer_api: v2.0 for an "
+                         "older cluster")
+    container = {"name": config.job.runtime_container or "node", "volumeMounts": mounts}
+    pod = {"metadata": {"labels": labels}, "spec": {**pod_spec, "containers": [container]}}
+    patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": config.job.runtime_job or "node", "template": {"spec": {"template": pod}}}]}}}}
+    return {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {**_trainjob_spec(config, command, env),
+                     "activeDeadlineSeconds": max(1, int(config.job.timeout_s)), "runtimePatches": [patch]}}
 
 
 def _pytorchjob(config, name, namespace, labels, command, env, env_from, pod_spec, mounts) -> dict:

@@ -12,8 +12,8 @@ from typing import Callable
 from ..train.config import TrainSettings
 from ..train.runner import TrainResult
 from .config import ClusterLaunch, StorageSettings
-from .launcher import ClusterError, api_client, fit_runtime, run, should_delete
-from .manifests import job_name, render
+from .launcher import ClusterError, api_client, render_for_cluster, run, should_delete
+from .manifests import job_name
 from .stage import fetch, upload
 
 
@@ -57,9 +57,9 @@ def train_on_cluster(launch: ClusterLaunch, base, data, image_root, out: str | P
     name = job_name(config.job.name)
     storage = stage_inputs(config.storage, name, base, data, image_root)
     config = config.model_copy(update={"train": settings, "storage": storage})
-    rendered = render(config, launch.namespace, kind=launch.kind, name=name, mlflow_run_id=mlflow_run_id)
     api = api_client(launch.kubeconfig)
-    fit_runtime(api, rendered, config.job.runtime_job is not None, config.job.runtime_container is not None)
+    rendered = render_for_cluster(api, config, launch.namespace, kind=launch.kind, name=name,
+                                  mlflow_run_id=mlflow_run_id)
     outcome = run(api, rendered, config.job.timeout_s, config.job.cleanup, log)
     staged = Path(f"{config.storage.output.rstrip('/')}/{name}-inputs")
     if should_delete(config.job.cleanup, outcome) and not str(staged).startswith("s3:") and staged.is_dir():

@@ -11,6 +11,7 @@ from typing import Callable
 from ..tracking import log_metrics
 from .config import TrainSettings
 from .data import normalize_pixels
+from .progress import StatusPoster, reporter
 
 COMPLETE = "COMPLETE"
 
@@ -173,7 +174,11 @@ def callbacks(on_log: Callable | None, device: str):
             return self.steps / (self.end - self.start) if self.steps and self.end > self.start else None
 
     timer = StepTimer()
-    return [Relay(), MarkComplete(), timer], timer
+    hooks = [Relay(), MarkComplete(), timer]
+    poster = StatusPoster.from_env()
+    if poster is not None:   # inside a Kubeflow Trainer v2.2+ TrainJob with progress reporting on
+        hooks.append(reporter(poster))
+    return hooks, timer
 
 
 def barrier() -> None:
@@ -200,7 +205,7 @@ def single_process_env() -> None:
 def training_args(out: Path, settings: TrainSettings, device: str, bf16: bool, workers: int):
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=settings.epochs, max_steps=settings.max_steps,
         learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, warmup_steps=settings.warmup_ratio,
@@ -216,3 +221,7 @@ def training_args(out: Path, settings: TrainSettings, device: str, bf16: bool, w
         dataloader_persistent_workers=workers > 0, remove_unused_columns=False, disable_tqdm=False,
         save_only_model=False, ddp_find_unused_parameters=False, tf32=True if device == "cuda" else None,
     )
+    # transformers adds its own Kubeflow progress callback when the status server's variables are set;
+    # this project's (.progress) posts instead, so that each update is sent once
+    args.report_to = [r for r in args.report_to if r != "kubeflow"]
+    return args
