@@ -385,6 +385,59 @@ def test_the_readme_job_keeps_every_field_on_either_trainer(cluster, capsys):
     assert _count_leaves(stored["spec"]) >= _count_leaves(sent["spec"]) > 40
 
 
+def _namespaced_user(kube, namespace, tmp_path):
+    """A kubeconfig for a service account that may run jobs in `namespace` and read the cluster's
+    training runtimes, but not read CRDs: how many clusters give data scientists access."""
+    import base64
+
+    from kubernetes import client
+
+    core, rbac = client.CoreV1Api(kube.api), client.RbacAuthorizationV1Api(kube.api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "launcher"}})
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "launcher"}, "rules": [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["configmaps", "pods"], "verbs": ["*"]}]})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "launcher"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                      "name": "launcher"},
+        "subjects": [{"kind": "ServiceAccount", "name": "launcher", "namespace": namespace}]})
+    role = f"{namespace}-runtimes"
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"], "verbs": ["get", "list"]}]})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "launcher", "namespace": namespace}]})
+    deadline = time.monotonic() + 30
+    while not (secrets := core.read_namespaced_service_account("launcher", namespace).secrets):
+        assert time.monotonic() < deadline, "the controller manager made no token for the service account"
+        time.sleep(0.1)
+    token = base64.b64decode(core.read_namespaced_secret(secrets[0].name, namespace).data["token"]).decode()
+    config = yaml.safe_load(kube.kubeconfig.read_text())
+    config["users"] = [{"name": config["users"][0]["name"], "user": {"token": token}}]
+    path = tmp_path / "launcher.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_user_who_may_not_read_crds_gets_the_api_from_the_published_schema(kube, namespace, tmp_path, capsys):
+    from kubernetes import client, config
+
+    kubeconfig = _namespaced_user(kube, namespace, tmp_path)
+    with pytest.raises(client.ApiException) as refused:   # the precondition: this user cannot read the CRD
+        client.ApiextensionsV1Api(config.new_client_from_config(config_file=str(kubeconfig))) \
+            .read_custom_resource_definition("trainjobs.trainer.kubeflow.org")
+    assert refused.value.status == 403
+    rc = main(["k8s", "train", "--config", "configs/k8s/train.yaml", "--kubeconfig", str(kubeconfig),
+               "--namespace", namespace])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "trainer API v2.2" in err and "read from the cluster" in err
+    name = out.strip().split("/")[1]
+    stored = client.CustomObjectsApi(kube.api).get_namespaced_custom_object(*TRAINJOB[:2], namespace, TRAINJOB[2], name)
+    assert "runtimePatches" in stored["spec"]
+
+
 @pytest.mark.parametrize("server, forced", [("v2.0", "v2.2"), ("v2.3", "v2.0")])
 def test_a_job_the_server_prunes_is_refused_naming_the_fields_and_deleted(request, tmp_path, capsys, server, forced):
     """A TrainJob written for the other Trainer generation: a v1.20 server (like one without strict field

@@ -47,7 +47,7 @@ class Rendered:
         """One line on the API the job is written for, and whether it was read from the cluster."""
         if self.kind != "trainjob":
             return "PyTorchJob (Kubeflow Training Operator v1, kubeflow.org/v1)"
-        how = {"cluster": "read from the cluster's TrainJob CRD", "config": "set by job.trainer_api",
+        how = {"cluster": "read from the cluster's TrainJob schema", "config": "set by job.trainer_api",
                "assumed": "assumed, the latest: job.trainer_api is auto and no cluster was read; set "
                           "job.trainer_api: v2.0 for Trainer v2.0/v2.1"}[self.api_source]
         return f"trainer API {self.trainer_api}: {TRAINER_APIS[self.trainer_api]}; {how}"
