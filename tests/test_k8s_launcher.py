@@ -179,7 +179,7 @@ def test_render_for_trainer_v20_puts_pod_settings_in_pod_spec_overrides(tmp_path
 
 
 def test_pruned_paths_are_listed_by_name_and_position():
-    from mathllava.k8s.launcher import dropped_fields
+    from mathllava.k8s.schema import dropped_fields
 
     sent = {"spec": {"a": 1, "runtimePatches": [{"manager": "m"}], "vols": [{"name": "x", "pvc": 1}, {"name": "y"}],
                      "cmd": ["a", "b"], "keep": {"x": 1}}}
@@ -311,7 +311,8 @@ def test_jobs_are_accepted_by_the_real_crds_unchanged(cluster, tmp_path, kind):
     for the Trainer API the launcher read from the cluster's CRD."""
     from kubernetes import client
 
-    from mathllava.k8s.launcher import detect_trainer_api, render_for_cluster, submit
+    from mathllava.k8s.launcher import render_for_cluster, submit
+    from mathllava.k8s.schema import detect_trainer_api
 
     kube, namespace = cluster.kube, cluster.namespace
     assert detect_trainer_api(kube.api) == cluster.api_version
@@ -356,7 +357,8 @@ def test_the_readme_job_keeps_every_field_on_either_trainer(cluster, capsys):
     S3 secret, the labels)."""
     from kubernetes import client
 
-    from mathllava.k8s.launcher import dropped_fields, render_for_cluster
+    from mathllava.k8s.launcher import render_for_cluster
+    from mathllava.k8s.schema import dropped_fields
 
     rc = main(["k8s", "train", "--config", "configs/k8s/train.yaml", "--kubeconfig", str(cluster.kube.kubeconfig),
                "--namespace", cluster.namespace])

@@ -7,13 +7,10 @@ answers 500 does not stop training, and the failure is logged once."""
 import datetime
 import http.server
 import json
-import os
 import ssl
 import subprocess
 import sys
 import threading
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
