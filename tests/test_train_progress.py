@@ -18,7 +18,6 @@ from conftest import ROOT
 from test_train_runs import ENV, TINY
 from mathllava.train.tiny import init_tiny
 
-pytestmark = pytest.mark.slow
 METRICS = {"loss", "learning_rate", "samples_per_second", "epoch"}
 
 
@@ -97,6 +96,7 @@ def _train(base, small_dataset, tmp_path, server, certificate, steps=6):
                            "--config", str(config)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_rank_0_posts_valid_trainer_status_that_the_trainjob_takes(kube, namespace, base, small_dataset, tmp_path,
                                                                    certificate):
     from kubernetes import client
@@ -142,6 +142,7 @@ def test_rank_0_posts_valid_trainer_status_that_the_trainjob_takes(kube, namespa
     assert "training: 100%, 0 s left, loss " in progress_of(job)   # what --wait prints
 
 
+@pytest.mark.slow
 def test_a_status_server_that_fails_never_stops_training(base, small_dataset, tmp_path, certificate):
     (tmp_path / "token").write_text("t")
     server = StatusServer(certificate, "t", 500)
@@ -154,3 +155,17 @@ def test_a_status_server_that_fails_never_stops_training(base, small_dataset, tm
     assert len(server.requests) >= 5                                  # it kept trying at every log
     assert done.stderr.count("training progress: POST to") == 1        # and said so once
     assert "500" in done.stderr and server.url in done.stderr
+
+
+def test_the_payload_counts_from_this_process_start_and_caps_at_99_until_done():
+    from mathllava.train.progress import trainer_status
+
+    # resumed at step 40 of 100: 20 steps run in 50 s, 16 samples a step
+    status = trainer_status(60, 100, 50.0, 20, 16, {"loss": 0.123456789, "learning_rate": 2e-5}, 1.5)
+    assert status["progressPercentage"] == 60 and status["estimatedRemainingSeconds"] == 100   # 40 steps at 2.5 s
+    assert status["metrics"] == [{"name": "loss", "value": "0.123457"}, {"name": "learning_rate", "value": "2e-05"},
+                                 {"name": "samples_per_second", "value": "6.4"}, {"name": "epoch", "value": "1.5"}]
+    assert trainer_status(100, 100, 9.0, 100, 1, {}, None)["progressPercentage"] == 99   # the last step, not yet ended
+    end = trainer_status(100, 100, 9.0, 100, 1, {}, None, done=True)
+    assert end["progressPercentage"] == 100 and end["estimatedRemainingSeconds"] == 0
+    assert "estimatedRemainingSeconds" not in trainer_status(0, 100, 0.0, 0, 1, {}, None)  # nothing to go on yet
