@@ -41,7 +41,7 @@ class Rendered:
     job: dict
     output: str             # where the run's folder (checkpoints, model/, summary.json) ends up
     trainer_api: str | None = None   # a TrainJob's API generation (v2.0 | v2.2); None for a PyTorchJob
-    api_source: str = "config"       # where trainer_api came from: cluster (its CRD) | config | assumed
+    api_source: str = "config"       # where trainer_api came from: cluster (its schema) | config | assumed
 
     def describe_api(self) -> str:
         """One line on the API the job is written for, and whether it was read from the cluster."""
