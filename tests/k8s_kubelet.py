@@ -11,7 +11,8 @@ pods are real. `LocalKubelet`
   unknown image waits in `ErrImagePull`), the command and args as given (`$(VAR)` expanded), the
   environment from `env` (values; `valueFrom` secrets, config maps and pod fields) and `envFrom`,
   plus the service variables a kubelet injects, pointed at the API server;
-- gives the process the pod's volumes in a private mount namespace (`unshare`): hostPath, emptyDir,
+- gives the process the pod's name as hostname (its own UTS namespace) and the pod's volumes in a
+  private mount namespace (`unshare`): hostPath, emptyDir,
   secret and configMap volumes (the service-account token secret of
   /var/run/secrets/kubernetes.io/serviceaccount included) are bind-mounted at their mountPath,
   read-only where asked, so in-cluster clients find their token and CA where they look;
@@ -73,7 +74,7 @@ def mount_namespaces_available() -> tuple[bool, str]:
 
 
 def _unshare_flags() -> list[str]:
-    return ["--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--user", "--map-root-user"])
+    return ["--mount", "--uts", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--user", "--map-root-user"])
 
 
 def _now() -> str:
@@ -130,6 +131,8 @@ for m in spec["mounts"]:
         sh("mount", "--bind", m["source"], target)
     if m["readOnly"]:
         sh("mount", "-o", "remount,bind,ro", target)
+import socket
+socket.sethostname(spec["hostname"])   # a pod's hostname is its name (its own UTS namespace)
 os.chdir(spec["workdir"])
 try:
     os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
@@ -304,7 +307,7 @@ class LocalKubelet:
             if image is None:
                 raise PodError("ErrImagePull", f"image {container.image!r} is not one of this node's images "
                                                f"({', '.join(sorted(self.images))})")
-            env = self._environment(pod, container, image)
+            env = self._home(self._environment(pod, container, image), folder)
             argv = [_expand(a, env) for a in (container.command or []) + (container.args or [])]
             if not argv:
                 raise PodError("CreateContainerConfigError", "no command: the test images have no entrypoint")
@@ -313,7 +316,8 @@ class LocalKubelet:
             self._patch(pod, "Pending", {"waiting": {"reason": err.reason, "message": str(err)}}, ready=False)
             record.done.set()
             return
-        spec = {"argv": argv, "env": env, "workdir": container.working_dir or image.workdir, "mounts": mounts,
+        spec = {"argv": argv, "env": env, "hostname": (pod.spec.hostname or meta.name)[:63],
+                "workdir": container.working_dir or image.workdir, "mounts": mounts,
                 "layers": str(folder / "layers")}
         (folder / "spec.json").write_text(json.dumps(spec))
         (folder / "runner.py").write_text(_RUNNER)
@@ -436,6 +440,14 @@ class LocalKubelet:
         env.setdefault("KUBERNETES_SERVICE_PORT", self.api_port)
         env.setdefault("KUBERNETES_SERVICE_PORT_HTTPS", self.api_port)
         env.setdefault("HOSTNAME", pod.metadata.name)
+        return env
+
+    @staticmethod
+    def _home(env: dict, folder: Path) -> dict:
+        """Each container has a home folder of its own (a container's /root), not this machine's."""
+        if "HOME" not in env:
+            (folder / "home").mkdir(exist_ok=True)
+            env["HOME"] = str(folder / "home")
         return env
 
     def _mounts(self, pod, container, folder: Path) -> list[dict]:
