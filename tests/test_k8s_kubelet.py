@@ -42,13 +42,14 @@ def _wait_job(batch, name, namespace, timeout=120):
 
 
 SCRIPT = """
-import os, pathlib
+import os, pathlib, socket
 from kubernetes import client, config
 config.load_incluster_config()                    # the mounted service-account token and CA
 core = client.CoreV1Api()
 me = core.read_namespaced_pod(os.environ["POD_NAME"], os.environ["POD_NAMESPACE"])
 pathlib.Path(os.environ["OUT"], "seen.txt").write_text(
-    f"{me.metadata.labels['app']} {os.environ['FROM_SECRET']} {os.environ['FROM_CONFIGMAP']} {os.getcwd()}")
+    f"{me.metadata.labels['app']} {os.environ['FROM_SECRET']} {os.environ['FROM_CONFIGMAP']} {os.getcwd()} "
+    f"{socket.gethostname() == me.metadata.name}")
 print("pod can see itself:", me.metadata.name)
 """
 
@@ -75,7 +76,7 @@ def test_job_pod_runs_with_env_volumes_and_in_cluster_credentials(kube, namespac
                                                 [{"name": "results", "hostPath": {"path": str(out)}}],
                                                 [{"name": "results", "mountPath": "/mnt/results"}]))
     assert _wait_job(batch, "ok", namespace) == "Complete", kubelet.logs()
-    assert (out / "seen.txt").read_text() == f"ok from-a-secret from-a-configmap {tmp_path}"
+    assert (out / "seen.txt").read_text() == f"ok from-a-secret from-a-configmap {tmp_path} True"
     pod = core.list_namespaced_pod(namespace, label_selector="job-name=ok").items[0]
     assert pod.status.phase == "Succeeded" and pod.spec.node_name == kubelet.node_name
     assert pod.status.container_statuses[0].state.terminated.exit_code == 0
