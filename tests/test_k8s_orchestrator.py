@@ -225,16 +225,14 @@ def test_a_failing_step_fails_the_run_and_names_the_step(cluster, k8s_run):
     from zenml.client import Client
     from zenml.enums import ExecutionStatus
 
-    from pipelines import mathllava_training
+    import run as run_py
 
     validate = {**k8s_run.config["parameters"]["validate"], "max_question_chars": 5}
     path = run_config(cluster.configs / "pipeline-local-failing.yaml", cluster.state, validate=validate)
     pipeline = Client().get_pipeline("mathllava_training")
     before = {r.id for r in Client().list_pipeline_runs(pipeline_id=pipeline.id, size=100).items}
-    try:
-        mathllava_training.with_options(config_path=str(path))()
-    except Exception as err:   # ZenML may also raise once the orchestrator is done
-        print(f"the run raised: {err!r}")
+    with pytest.raises(SystemExit, match=r"pipeline run .* failed in step\(s\): validate_manifest$"):
+        run_py.main(["--config", str(path)])
     runs = [r for r in Client().list_pipeline_runs(pipeline_id=pipeline.id, size=100).items if r.id not in before]
     assert len(runs) == 1
     run = Client().get_pipeline_run(runs[0].id)
