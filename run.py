@@ -66,6 +66,17 @@ def summary(run) -> dict:
     return out
 
 
+def failed_run(run) -> None:
+    """Stop with the failed steps' names when the run failed. The local orchestrator raises the step's
+    error itself; the Kubernetes orchestrator returns once its orchestrator pod is done, failed run or not."""
+    from zenml.enums import ExecutionStatus
+
+    if run.status == ExecutionStatus.FAILED:
+        failed = sorted(name for name, step in run.steps.items() if step.status == ExecutionStatus.FAILED)
+        raise SystemExit(f"error: pipeline run {run.name} failed"
+                         + (f" in step(s): {', '.join(failed)}" if failed else ""))
+
+
 def check_config(path: str) -> None:
     """Refuse a config whose data, validate, select, augment, model, train, cluster or schedule section is
     wrong before any step runs (and before a schedule is sent anywhere): each error names its key's path."""
@@ -183,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run.id)
+    failed_run(run)
     info = summary(run)
     print_summary(info)
     return info

@@ -49,7 +49,10 @@ def load_stack(path: str | Path) -> dict:
     if not path.is_file():
         raise StackError(f"{path}: no such stack file")
     spec = expand(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
-    if spec["components"].get("orchestrator", {}).get("flavor") != "local":
+    orchestrator = spec["components"].get("orchestrator", {})
+    # a stack whose orchestrator runs on this machine (the local flavor, or a Kubernetes orchestrator on a
+    # local cluster: `local: true`) keeps the local components' placeholder credentials
+    if orchestrator.get("flavor") != "local" and not (orchestrator.get("configuration") or {}).get("local"):
         for kind, comp in spec["components"].items():
             _no_literal_credentials(comp.get("configuration") or {}, f"components.{kind}.configuration", path)
     return spec
