@@ -114,11 +114,8 @@ def cluster(kube, state_dir, tmp_path_factory):
         env.undo()
         from mathllava.localserver import healthy, stop
 
-        stop(state_dir / "mlflow")
-        # stop() does not wait: the next module's bootstrap would find a server on its way out and reuse it
-        url, deadline = f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}", time.monotonic() + 60
-        while healthy(url, timeout=1) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        stop(state_dir / "mlflow")   # returns once the server is gone: the next module starts a fresh one
+        assert not healthy(f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}", timeout=1)
 
 
 def _pods(cluster, **labels):

@@ -43,7 +43,23 @@ def start(state_dir: str | Path, host: str = "127.0.0.1", port: int = 5077, wait
     raise TimeoutError(f"MLflow server did not answer at {url} within {wait_s:.0f}s; see {root / 'server.log'}")
 
 
-def stop(state_dir: str | Path) -> bool:
+def _group_alive(pid: int) -> bool:
+    try:  # a server this process started stays a zombie (still in its group) until it is reaped
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop(state_dir: str | Path, wait_s: float = 30.0) -> bool:
+    """Stop the server and its workers (its process group) and return once they are gone: SIGTERM,
+    then SIGKILL for whatever is left after `wait_s`. A server on its way out is never reused."""
     pid_file = Path(state_dir) / "server.pid"
     if not pid_file.exists():
         return False
@@ -52,6 +68,16 @@ def stop(state_dir: str | Path) -> bool:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
+    deadline = time.monotonic() + wait_s
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while _group_alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.1)
     pid_file.unlink()
     return True
 
