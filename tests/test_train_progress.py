@@ -15,17 +15,9 @@ import threading
 import pytest
 
 from conftest import ROOT
-from test_train_runs import ENV, TINY
-from mathllava.train.tiny import init_tiny
+from test_train_runs import ENV, base  # noqa: F401  (base: the tiny llava-hf checkpoint fixture)
 
 METRICS = {"loss", "learning_rate", "samples_per_second", "epoch"}
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, small_dataset):
-    records = json.loads(small_dataset.read_text())
-    return init_tiny(tmp_path_factory.mktemp("base") / "tiny", TINY,
-                     [t["value"] for r in records for t in r["conversations"]])
 
 
 @pytest.fixture(scope="module")
