@@ -202,8 +202,9 @@ def cluster(request):
 
 
 def _kubelet(kube):
-    """The fake kubelet of one API server: binds pods to a GPU node and moves them to Succeeded (or
-    Failed); stopped before its server."""
+    """The fake kubelet of one API server: binds every pending pod to a GPU node and moves it to
+    Succeeded (or Failed) without running it. Module-scoped: it must be gone before other modules
+    (the orchestrator test's kubelet runs pods for real) use the same server."""
     sys.path.insert(0, str(K8S_LOCAL))
     import fake_kubelet
     from kubernetes import client
@@ -216,12 +217,12 @@ def _kubelet(kube):
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kubelet(kube):
     yield from _kubelet(kube)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kubelet_v20(kube_v20):
     yield from _kubelet(kube_v20)
 
