@@ -103,7 +103,11 @@ def cluster(kube, state_dir, tmp_path_factory):
 
     from stacks import bootstrap
 
+    import mlflow
+
     before = Client().active_stack_model.name
+    # run.main points mlflow (and MLFLOW_TRACKING_URI) at the server this module stops: put back what was
+    mlflow_before = (mlflow.get_tracking_uri(), {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")})
     try:
         bootstrap.main([str(ROOT / "stacks" / "kubernetes-local.yaml")])
         yield SimpleNamespace(namespace=namespace, kubelet=kubelet, core=core, batch=client.BatchV1Api(kube.api),
@@ -115,6 +119,10 @@ def cluster(kube, state_dir, tmp_path_factory):
         from mathllava.localserver import healthy, stop
 
         stop(state_dir / "mlflow")   # returns once the server is gone: the next module starts a fresh one
+        mlflow.set_tracking_uri(mlflow_before[0])
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:   # set_tracking_uri exports it too
+            del os.environ[key]
+        os.environ.update(mlflow_before[1])
         assert not healthy(f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}", timeout=1)
 
 

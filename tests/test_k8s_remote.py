@@ -123,7 +123,21 @@ def test_the_train_step_trains_through_a_trainjob_and_returns_the_model(kube, na
     thread = threading.Thread(target=lambda: box.update(zip(("name", "done", "script"), _run_node_script(
         kube, namespace, "trainjob", tmp_path))), daemon=True)
     thread.start()
-    result = train(base, small_dataset, small_dataset.parent / "images", tmp_path / "step-out", settings, cluster=launch)
+    import mlflow
+
+    # no tracking server here: the job's rank 0 would log into the step's server (an earlier module's,
+    # stopped by now, when mlflow still points at it); a non-HTTP URI leaves the job's MLflow unset
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        result = train(base, small_dataset, small_dataset.parent / "images", tmp_path / "step-out", settings,
+                       cluster=launch)
+    except Exception as err:
+        thread.join(timeout=30)
+        log = (tmp_path / "node.log").read_text()[-3000:] if (tmp_path / "node.log").exists() else "(no node log)"
+        raise AssertionError(f"{err}\n--- the node's output:\n{log}") from err
+    finally:
+        mlflow.set_tracking_uri(before)
     thread.join(timeout=30)
     assert box["done"].returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
     name = box["name"]
