@@ -1,5 +1,3 @@
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Optional, Tuple
 
@@ -8,19 +6,14 @@ from zenml import step
 
 from mathllava.data.config import DataSettings
 from mathllava.data.ingest import SourceSpec, ingest_many
-from mathllava.data.synthetic import GeneratorConfig, generate
+from mathllava.data.synthetic import GeneratorConfig, generate_cached
 from mathllava.tracking import log_metrics, mark_training_experiment
 
 from ._state import state_dir
 
 
 def _generate(cfg: GeneratorConfig) -> str:
-    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
-    out = state_dir() / "data" / f"{cfg.id_prefix}-{key}"
-    done = out / "data.json"
-    if not done.exists():  # content-addressed: the same config always gives the same folder
-        generate(out, cfg, progress=True)
-    return str(done)
+    return str(generate_cached(cfg, state_dir() / "data", progress=True))
 
 
 @step

@@ -285,12 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     train.set_defaults(func=_train)
 
     from .data.cli import register as register_data
+    from .experiment.cli import register as register_experiment
     from .k8s.cli import register
     from .registry.cli import register as register_registry
 
     register(sub)
     register_registry(sub)
     register_data(sub)
+    register_experiment(sub)
 
     sched = sub.add_parser("schedule", help="pipeline runs on a schedule on this machine (cron)") \
         .add_subparsers(dest="action", required=True)

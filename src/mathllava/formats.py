@@ -134,9 +134,12 @@ def llava_record(row: dict, image: str) -> dict:
     meta.update({"question": problem["question"], "answer": problem["answer"], "choices": problem["choices"],
                  "question_type": problem["question_type"], "answer_type": problem["answer_type"],
                  "precision": problem["precision"], "unit": problem["unit"]})
+    rationale = row.get("rationale")   # a worked solution ending in the final-answer line (augment.rationales)
+    answer = rationale if isinstance(rationale, str) and rationale.strip() else \
+        target_text(problem["answer"], problem["question_type"], problem["choices"])
     return {"id": problem["pid"], "image": image, "conversations": [
         {"from": "human", "value": f"{IMAGE_TOKEN}\n{problem['query']}"},
-        {"from": "gpt", "value": target_text(problem["answer"], problem["question_type"], problem["choices"])},
+        {"from": "gpt", "value": answer},
     ], "metadata": meta}
 
 

@@ -31,6 +31,13 @@ def mark_training_experiment() -> None:
         client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the local server `make run` starts (http://127.0.0.1:$MLFLOW_PORT)."""
+    import os
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5077')}"
+
+
 def experiment_url(tracking_uri: str, experiment_id: str) -> str:
     """The experiment's runs in MLflow's model-training view (the UI otherwise starts in GenAI mode)."""
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"

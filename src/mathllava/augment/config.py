@@ -15,7 +15,8 @@ from pydantic import Field, model_validator
 from ..settings import Strict
 
 # the paper's four generators and the aug_type each one's rows carry
-GENERATORS = {"askimg": "new_question", "compq": "harder", "rephq": "rephrased", "simpq": "underspecified"}
+GENERATORS = {"askimg": "new_question", "compq": "harder", "rephq": "rephrased", "simpq": "underspecified",
+              "rationale": "rationale"}
 _SECRET_KEYS = ("api_key", "key", "token", "apikey", "api_token", "secret", "password", "authorization")
 
 
@@ -27,6 +28,7 @@ class PerSeed(Strict):
     compq: int = Field(1, ge=0, le=5)     # harder, multi-step versions of the seed question
     rephq: int = Field(1, ge=0, le=5)     # rewordings of the seed question (same answer)
     simpq: int = Field(1, ge=0, le=5)     # the seed question with conditions removed (same answer)
+    rationale: int = Field(0, ge=0, le=1)  # a step-by-step solution of the seed question, verified (rationales.py)
 
     def count(self, generator: str) -> int:
         return int(getattr(self, generator))

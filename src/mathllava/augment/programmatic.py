@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..data.synthetic import QuestionSpec, scene_questions
 
-AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified")
+AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified", "rationale")
 
 
 _LEADS = [
@@ -62,6 +62,22 @@ def _keep_answer(parent: pd.Series, question: str, aug_type: str, n: int) -> dic
     row = parent.to_dict()
     row.update(id=f"{parent['id']}#{aug_type}-{n}", question=question, parent_id=parent["id"], aug_type=aug_type)
     return row
+
+
+def rationale_row(parent: dict) -> tuple[dict | None, str | None]:
+    """(row, None) with the seed's worked solution computed from its scene and verified against its
+    answer, or (None, drop reason); (None, None) when the row has no scene to compute from."""
+    from ..evaluation.runner import problem_from_row
+    from .rationales import scene_rationale, verify
+
+    text = scene_rationale(parent)
+    if text is None:
+        return None, ("no_scene_steps" if isinstance(parent.get("scene"), str) else None)
+    reason = verify(problem_from_row(parent), text)
+    if reason is not None:
+        return None, reason
+    return {**parent, "id": f"{parent['id']}#rationale-0", "parent_id": parent["id"], "aug_type": "rationale",
+            "rationale": text}, None
 
 
 def augment_row(parent: pd.Series, cfg, rng: random.Random) -> list[dict]:

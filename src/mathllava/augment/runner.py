@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import filters, parse, prompts
+from ..evaluation.runner import problem_from_row
+from . import filters, parse, prompts, rationales
 from .cache import ReplyCache
 from .clients import make_client
 from .config import GENERATORS, AugmentSettings
 from .engine import Budget, Clock, Job, Stats, run_jobs
-from .programmatic import augment_row
+from .programmatic import augment_row, rationale_row
 
 PROGRAMMATIC = "programmatic"
 
@@ -76,13 +77,13 @@ def _seed_item(row: dict, question: str) -> dict:
 
 def _row(parent: dict, item: dict, aug_type: str, n: int, generator: str) -> dict:
     row = dict(parent)
-    keeps_answer = aug_type in ("rephrased", "underspecified")
+    keeps_answer = aug_type in ("rephrased", "underspecified", "rationale")
     row.update(id=f"{parent['id']}#{aug_type}-{n}", question=item["question"], answer=item["answer"],
                question_type=item["question_type"], answer_type=item["answer_type"], precision=item.get("precision"),
                choices=json.dumps(item["choices"], ensure_ascii=False) if item.get("choices") else None,
                unit=item.get("unit"), skills=parent.get("skills") if keeps_answer else "[]",
                question_key=parent.get("question_key") if keeps_answer else None,
-               parent_id=parent["id"], aug_type=aug_type, generator=generator)
+               parent_id=parent["id"], aug_type=aug_type, generator=generator, rationale=item.get("rationale"))
     return row
 
 
@@ -121,6 +122,9 @@ class ModelAugmenter:
                 if n:
                     prompt = build(n, prompts.seed_view(row))
                     out.append((row, generator, self._job(generator, prompt, row, self.client, max_tokens)))
+            if per_seed.rationale:
+                prompt = rationales.prompt(prompts.seed_view(row))
+                out.append((row, "rationale", self._job("rationale", prompt, row, self.client, max_tokens)))
         return out
 
     def candidates(self, planned, replies: dict, seen_questions: dict) -> list[tuple[dict, str, dict]]:
@@ -130,6 +134,14 @@ class ModelAugmenter:
             if job.key not in replies:
                 continue  # failed or over budget: counted with the requests
             n = self.settings.per_seed.count(generator)
+            if generator == "rationale":   # the seed's own question, answered step by step: verified, not filtered
+                text = rationales.parse_reply(replies[job.key])
+                reason = rationales.verify(problem_from_row(row), text)
+                if reason is not None:
+                    self.drops[reason] += 1
+                else:
+                    out.append((row, GENERATORS[generator], {**_seed_item(row, row["question"]), "rationale": text}))
+                continue
             try:
                 if generator in ("askimg", "compq"):
                     raw = parse.parse_items(replies[job.key], n)
@@ -157,10 +169,12 @@ class ModelAugmenter:
         if self.judge is None:
             return pairs
         max_tokens = self.settings.filters.consistency.max_tokens
+        verified = [p for p in pairs if p[1] == "rationale"]   # already checked against the known answer
+        pairs = [p for p in pairs if p[1] != "rationale"]
         jobs = [self._job("judge", prompts.judge(item), row, self.judge, max_tokens) for row, _, item in pairs]
         replies = run_jobs(jobs, self.cache, self.budget, self.stats, self.settings.concurrency, self.progress,
                            "augment: consistency")
-        kept = []
+        kept = verified
         for pair, job in zip(pairs, jobs):
             if job.key not in replies:
                 self.drops["unchecked"] += 1
@@ -214,21 +228,31 @@ def augment(selection: pd.DataFrame, settings: AugmentSettings, progress: bool |
     model_seeds = [r for r in rows if uses_model(r, settings)]
     rng = random.Random(settings.seed)
     by_parent: dict[str, list[dict]] = {}
+    scene_drops: Counter = Counter()
     from tqdm import tqdm
 
     for row in tqdm(rows, desc="augment: programmatic", unit="img", disable=not progress, dynamic_ncols=True):
         if not uses_model(row, settings):
             out = augment_row(pd.Series(row), settings.per_seed, rng)
+            if settings.per_seed.rationale:
+                rationale, reason = rationale_row(row)
+                out += [rationale] if rationale else []
+                scene_drops.update([reason] if reason else [])
             by_parent[row["id"]] = [{**r, "generator": PROGRAMMATIC} for r in out]
-    report: dict = {"generator": PROGRAMMATIC, "seeds": len(rows), "model_seeds": len(model_seeds)}
+    report: dict = {"generator": PROGRAMMATIC, "seeds": len(rows), "model_seeds": len(model_seeds),
+                    "dropped": dict(scene_drops)}
     if model_seeds:
         cache = ReplyCache(settings.cache_dir or default_cache_dir())
         model = ModelAugmenter(settings, cache, progress)
         for row in model.run(model_seeds, rows):
             by_parent.setdefault(row["parent_id"], []).append(row)
-        report.update(generator=model.client.identity, cache_dir=str(cache.root), **model.report())
+        model_report = model.report()
+        model_report["dropped"] = dict(Counter(model_report["dropped"]) + scene_drops)
+        report.update(generator=model.client.identity, cache_dir=str(cache.root), **model_report)
     augmented = [r for row in rows for r in by_parent.get(row["id"], [])]
     columns = [*selection.columns, *(["generator"] if "generator" not in selection.columns else [])]
+    if any(r.get("rationale") for r in augmented) and "rationale" not in columns:
+        columns.append("rationale")   # the worked solutions' text: the training target of their rows
     seeds = selection.assign(generator=None) if "generator" not in selection.columns else selection
     curated = pd.concat([seeds, pd.DataFrame(augmented, columns=columns)], ignore_index=True) if augmented else seeds
     kept = Counter(r["aug_type"] for r in augmented)

@@ -879,3 +879,16 @@ def generate(out_dir: str | Path, cfg: GeneratorConfig, progress: bool = False) 
     path = out / "data.json"
     path.write_text(json.dumps(records, indent=1, ensure_ascii=False))
     return path
+
+
+def generate_cached(cfg: GeneratorConfig, root: str | Path, progress: bool = False) -> Path:
+    """`generate` into `<root>/<id_prefix>-<digest of cfg>`: content-addressed, so the same settings
+    always give the same folder and a second call returns the JSON path at once."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(root) / f"{cfg.id_prefix}-{key}"
+    done = out / "data.json"
+    if not done.exists():
+        generate(out, cfg, progress=progress)
+    return done

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 
 def tracking_uri(args) -> str:
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5077')}"
+    from ..tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri()
 
 
 def promotion_settings(config: str | None):

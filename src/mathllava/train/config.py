@@ -38,6 +38,8 @@ class TrainSettings(Strict):
     lr_scheduler: str = "cosine"
     max_grad_norm: float = Field(1.0, ge=0)
     max_length: int = Field(2048, gt=0)            # tokens, image placeholders included
+    pad_to: Literal["longest", "max_length"] = "longest"  # max_length: every batch is max_length wide, so each
+                                                   # step costs the same whatever the data (equal-compute runs)
     group_by_length: bool = False
     gradient_checkpointing: bool = False
     bf16: bool | Literal["auto"] = "auto"          # auto: on when the GPU supports it, off on CPU

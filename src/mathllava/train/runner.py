@@ -208,7 +208,8 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
     hooks, timer = callbacks(on_log, device)
     trainer = LlavaTrainer(
         model=model, args=args, train_dataset=encoded, processing_class=processor,
-        data_collator=Collator(_pad_id(processor.tokenizer), 8 if device == "cuda" else None),
+        data_collator=Collator(_pad_id(processor.tokenizer), 8 if device == "cuda" else None,
+                               settings.max_length if settings.pad_to == "max_length" else None),
         callbacks=hooks, normalizer=meta["normalizer"], lengths=encoded.lengths,
         projector_lr=settings.projector_learning_rate)
     if args.process_index == 0:

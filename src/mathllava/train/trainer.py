@@ -98,14 +98,16 @@ def trainer_classes():
     class Collator:
         """Right-padded token batches (labels IGNORE_INDEX on padding) and the raw stored images."""
 
-        def __init__(self, pad_id: int, multiple_of: int | None):
-            self.pad_id, self.multiple_of = pad_id, multiple_of
+        def __init__(self, pad_id: int, multiple_of: int | None, width: int | None = None):
+            self.pad_id, self.multiple_of, self.width = pad_id, multiple_of, width
 
         def __call__(self, batch: list[dict]) -> dict:
             from ..conversation import IGNORE_INDEX
 
             width = max(len(b["input_ids"]) for b in batch)
-            if self.multiple_of:
+            if self.width:   # a fixed width (records never exceed max_length: encoding cuts them)
+                width = max(width, self.width)
+            elif self.multiple_of:
                 width = -(-width // self.multiple_of) * self.multiple_of
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
