@@ -21,7 +21,7 @@ CONFIG ?= configs/local.yaml
 # the real Kubernetes control plane of the cluster tests: built once per machine, outside the clone
 K8S_LOCAL ?= $(CURDIR)/../shared/k8s-local
 
-.PHONY: run test test-fast k8s-local bootstrap eval serve bench bench-train mlflow-stop dashboard clean
+.PHONY: run test test-fast k8s-local bootstrap ablation eval serve bench bench-train mlflow-stop dashboard clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ run: bootstrap
 
 test: $(VENV)/.installed k8s-local
 	$(PY) -m pytest -q
+
+# the data-recipe experiment: one tiny model per arm x seed at equal compute, intervals, paired differences;
+# a rerun trains only the missing cells
+EXPERIMENT ?= configs/experiments/recipe.yaml
+ablation: bootstrap
+	time $(PY) -m mathllava.cli experiment run --config "$(EXPERIMENT)" --tracking-uri http://127.0.0.1:$(MLFLOW_PORT)
 
 # kube-apiserver + etcd (about 5 minutes the first time; a second call returns at once). If it cannot
 # be built, the tests that need it skip and say why.

@@ -101,6 +101,12 @@ def test_the_recipe_configs_load_with_the_base_config_s_sections():
     assert recipe.select.sampling.target_size == 500 and recipe.model.base is None   # configs/local.yaml's
     settings, recipe = load(ROOT / "configs" / "experiments" / "recipe-test.yaml")
     assert recipe.augment.per_seed.askimg == 1   # the experiment's parameters win over the base config's
+    # the GPU file is the same format on the 7B recipe: here it stops only at the checkpoint this machine lacks
+    with pytest.raises(ValueError, match=r"parameters.model.base: .*/models/llava-1.5-7b-hf' is not a llava-hf"):
+        load(ROOT / "configs" / "experiments" / "recipe-gpu-7b.yaml")
+    gpu = ExperimentSettings.model_validate(yaml.safe_load((ROOT / "configs" / "experiments" /
+                                                            "recipe-gpu-7b.yaml").read_text()))
+    assert [a.name for a in gpu.arms] == ["random", "stratified", "augmented", "rationales"] and len(gpu.seeds) == 3
 
 
 # ------------------------------------------------------------------------------------------ arms
@@ -168,6 +174,8 @@ def test_a_killed_experiment_reruns_only_the_missing_cells(tmp_path):
     from mlflow.tracking import MlflowClient
 
     out, uri = tmp_path / "exp", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)   # artifacts beside the store, not in the working directory
+    client.create_experiment("mathllava-experiment-recipe-test", artifact_location=(tmp_path / "artifacts").as_uri())
     command = [sys.executable, "-m", "mathllava.cli", "experiment", "run", "--config", str(TEST_CONFIG),
                "--out", str(out), "--tracking-uri", uri]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -197,7 +205,6 @@ def test_a_killed_experiment_reruns_only_the_missing_cells(tmp_path):
     summary = report["sets"]["heldout"]
     assert set(summary["arms"]) == {"random", "rationales"} and set(summary["differences"]) == {"rationales"}
 
-    client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("mathllava-experiment-recipe-test")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -215,3 +222,15 @@ def test_a_killed_experiment_reruns_only_the_missing_cells(tmp_path):
         assert version.tags["arm"] == cell["arm"] and version.tags["dataset_digest"] == cell["data_digest"]
         run = client.get_run(cell["mlflow"]["run_id"])
         assert run.inputs.dataset_inputs[0].dataset.digest == cell["data_digest"]
+
+    # any cell can be promoted like a pipeline model: it becomes the challenger, then the registry compares
+    promoted = subprocess.run([sys.executable, "-m", "mathllava.cli", "experiment", "promote", "--config",
+                               str(TEST_CONFIG), "--out", str(out), "--tracking-uri", uri, "--cell", "rationales/seed-1"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
+    version = cells[("rationales", 1)]["mlflow"]["model_version"]
+    assert str(client.get_model_version_by_alias("mathllava-recipe-test", "champion").version) == version
+    wrong = subprocess.run([sys.executable, "-m", "mathllava.cli", "experiment", "promote", "--config",
+                            str(TEST_CONFIG), "--out", str(out), "--tracking-uri", uri, "--cell", "rationales/seed-7"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "no cell 'rationales/seed-7'" in wrong.stderr
