@@ -142,9 +142,9 @@ def schedule(config: str, pipeline, options: dict) -> dict:
 
 
 def yaml_file(path: str) -> dict:
-    import yaml
+    from mathllava.settings import read_yaml
 
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return read_yaml(path)
 
 
 def without_schedule(path: str) -> str:

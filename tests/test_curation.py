@@ -184,6 +184,24 @@ def test_config_errors_name_the_key_before_any_step_runs(tmp_path, edit, message
         run.check_config(_config(tmp_path, edit))
 
 
+@pytest.mark.parametrize("text, message", [
+    (None, r"^error: \S+/nope\.yaml: no such config file$"),
+    ("parameters:\n  train: {epochs: [3\n", r"^error: \S+/nope\.yaml: line 3: not valid YAML: .*on line 2\)$"),
+    ("- a\n- b\n", r"^error: \S+/nope\.yaml: expected a mapping of keys at the top level, found list$"),
+    (b"\xff\xfeparameters: {}", r"^error: \S+/nope\.yaml: not a UTF-8 text file$"),
+])
+def test_a_missing_or_unreadable_config_is_one_line_naming_the_file(tmp_path, text, message):
+    import run
+
+    path = tmp_path / "nope.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        run.check_config(str(path))
+
+
 def test_every_complexity_rule_field_can_be_set(tmp_path):
     import run
     from mathllava.data.selection import SelectSettings

@@ -201,3 +201,36 @@ def test_a_champion_that_was_not_scored_is_never_skipped(server, tiny_models, tm
     decision, _ = promote(name, only_challenger, {"mathv": 0.0}, tmp_path / "lock", server)
     assert not decision.promote and decision.reasons == [f"the champion v{v1} was not scored"]
     assert _aliases(server, name) == {v1: [CHAMPION], v2: [CHALLENGER]}
+
+
+@pytest.mark.parametrize("action", ["show", "history", "promote", "rollback"])
+def test_an_unknown_model_exits_2_naming_the_model_and_the_server(server, action, capsys):
+    from mathllava.cli import main
+
+    extra = ["--reason", "x"] if action == "rollback" else []
+    assert main(["registry", action, "no-such-model", "--tracking-uri", server, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: no registered model 'no-such-model' at {server}"
+
+
+@pytest.mark.parametrize("action", ["show", "history", "promote"])
+def test_a_stopped_server_fails_in_seconds_in_one_line_naming_the_address_and_its_source(action, monkeypatch):
+    """Nothing listens on the port: one line within 10 s (MLflow alone retried for minutes), naming the
+    address and the variable it came from."""
+    import time
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    env["MLFLOW_PORT"] = str(port)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "mathllava.cli", "registry", action, "some-model"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 10
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"no MLflow tracking server answers at http://127.0.0.1:{port} (set by MLFLOW_PORT)" in lines[0]
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    done = subprocess.run([sys.executable, "-m", "mathllava.cli", "registry", action, "some-model"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "(set by MLFLOW_TRACKING_URI)" in done.stderr and done.returncode == 2

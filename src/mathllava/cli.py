@@ -59,9 +59,9 @@ def _score(args: argparse.Namespace) -> int:
 def _run_settings(args: argparse.Namespace) -> dict:
     settings = dict(RUN_DEFAULTS)
     if args.config:
-        import yaml
+        from .settings import read_yaml
 
-        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        loaded = read_yaml(args.config)
         unknown = set(loaded) - RUN_KEYS
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")

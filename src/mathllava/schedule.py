@@ -74,13 +74,7 @@ def check_cronjob_settings(settings: dict | None, where: str) -> None:
 
 def schedule_of(path: str | Path) -> ScheduleSettings | None:
     """The `schedule:` block of a run config, checked; None when it has none."""
-    import yaml
+    from .settings import parse, read_yaml
 
-    from .settings import parse
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    block = data.get("schedule") if isinstance(data, dict) else None
+    block = read_yaml(path).get("schedule")
     return None if block is None else parse(ScheduleSettings, block, "schedule", str(path))

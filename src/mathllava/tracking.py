@@ -31,11 +31,40 @@ def mark_training_experiment() -> None:
         client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the local server `make run` starts (http://127.0.0.1:$MLFLOW_PORT)."""
+def tracking_source(given: str | None = None) -> tuple[str, str]:
+    """(tracking URI, what set it): the command line's, $MLFLOW_TRACKING_URI, else the local server's
+    port ($MLFLOW_PORT, 5077 when unset)."""
     import os
 
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5077')}"
+    if given:
+        return given, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    port = os.environ.get("MLFLOW_PORT")
+    return f"http://127.0.0.1:{port or 5077}", "MLFLOW_PORT" if port else "the default local port (MLFLOW_PORT unset)"
+
+
+def require_server(uri: str, source: str, timeout: float = 5.0) -> None:
+    """For an HTTP tracking URI: a ValueError in one line, within `timeout` seconds, when nothing answers
+    there (instead of MLflow's minutes of retries), naming the address and what set it; MLflow's own
+    retries are bounded for the rest of the process."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return   # something answers (a server behind auth or a proxy): MLflow's own errors take it from here
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise ValueError(f"no MLflow tracking server answers at {uri} (set by {source}): {reason}. Start the "
+                         f"local one with `make bootstrap`, or point --tracking-uri or MLFLOW_TRACKING_URI at "
+                         f"yours") from None
 
 
 def experiment_url(tracking_uri: str, experiment_id: str) -> str:

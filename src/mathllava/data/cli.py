@@ -19,13 +19,11 @@ from pathlib import Path
 
 
 def _rules(path: str | None, section: str):
-    import yaml
-
-    from ..settings import parse
+    from ..settings import parse, read_yaml
 
     if not path:
         return None
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = read_yaml(path)
     return parse(_models()[section], (data.get("parameters") or data).get(section), section, path)
 
 

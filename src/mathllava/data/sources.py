@@ -8,9 +8,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from ..formats import TASK_CODES, TASK_NAMES
+from ..settings import read_yaml
 
 UNKNOWN = "unknown"
 DEFAULT_TABLE = Path(__file__).resolve().parents[3] / "configs" / "data" / "sources.yaml"
@@ -41,10 +41,7 @@ class SourceTable:
 
 @lru_cache(maxsize=8)
 def load_table(path: str | Path = DEFAULT_TABLE) -> SourceTable:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such sources table")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(path, "sources table")
     if not isinstance(data.get("sources"), dict):
         raise ValueError(f"{path}: expected a `sources:` mapping of dataset name -> {{task: ...}}")
     return SourceTable(data["sources"], str(path))

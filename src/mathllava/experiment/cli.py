@@ -18,17 +18,19 @@ import sys
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..tracking import default_tracking_uri
+    from ..tracking import require_server, tracking_source
     from .ablation import run_experiment
     from .config import load
     from .report import markdown
 
+    uri, source = (None, None) if args.no_tracking else tracking_source(args.tracking_uri)
     try:
         settings, recipe = load(args.config)
+        if uri:
+            require_server(uri, source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    uri = None if args.no_tracking else (args.tracking_uri or default_tracking_uri())
     try:
         report = run_experiment(settings, recipe, Path(args.out) if args.out else None, uri)
     except ValueError as err:
@@ -49,9 +51,10 @@ def promote(args: argparse.Namespace) -> int:
     from ..registry import cli as registry_cli
     from ..registry.promotion import CHALLENGER, _client, record, registry_lock
     from ..state import registry_lock_path, state_home
-    from ..tracking import default_tracking_uri
+    from ..tracking import require_server, tracking_source
     from .config import load
 
+    uri, source = tracking_source(args.tracking_uri)
     try:
         settings, _recipe = load(args.config)
         folder = Path(args.out) if args.out else state_home() / "experiments" / settings.name
@@ -64,11 +67,11 @@ def promote(args: argparse.Namespace) -> int:
         lineage = cells[args.cell].get("mlflow") or {}
         if not lineage.get("model_version"):
             raise ValueError(f"cell {args.cell} has no registered model (registry.model_name was not set)")
+        require_server(uri, source)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name, version = lineage["model_name"], lineage["model_version"]
-    uri = args.tracking_uri or default_tracking_uri()
     client = _client(uri)
     with registry_lock(registry_lock_path(name)):
         client.set_registered_model_alias(name, CHALLENGER, version)

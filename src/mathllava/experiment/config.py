@@ -26,14 +26,13 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from ..augment import AugmentSettings
 from ..data.config import DataSettings
 from ..data.selection import SelectSettings
 from ..data.validation import ValidationRules
-from ..settings import Strict, parse
+from ..settings import Strict, parse, read_yaml
 from ..train.config import ModelSettings, TrainSettings
 
 AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified", "rationale")
@@ -148,27 +147,13 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: no such {what}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}:{where} not valid YAML: {getattr(err, 'problem', err)}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    return data
-
-
 def load(path: str | Path) -> tuple[ExperimentSettings, RecipeParameters]:
     """The experiment file and the pipeline sections it runs on, both checked; a ValueError naming the
     file and the key's path otherwise."""
     path = Path(path)
-    settings = parse(ExperimentSettings, _yaml(path, "experiment config"), "", str(path))
+    settings = parse(ExperimentSettings, read_yaml(path, "experiment config"), "", str(path))
     base_path = Path(settings.base_config)
-    base = _yaml(base_path, f"base_config (named in {path})").get("parameters") or {}
+    base = read_yaml(base_path, f"base_config (named in {path})").get("parameters") or {}
     merged = _merge({k: v for k, v in base.items() if k in RecipeParameters.model_fields or k == "validate"},
                     settings.parameters)
     unknown = sorted(set(settings.parameters) - set(RecipeParameters.model_fields) - {"validate"})

@@ -8,10 +8,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from ..settings import Strict, parse
+from ..settings import Strict, parse, read_yaml
 from ..train.config import TrainSettings
 
 PART_OF = {"app.kubernetes.io/part-of": "mathllava-ops"}
@@ -144,15 +143,7 @@ class ClusterTrainConfig(Strict):
 def load_cluster_config(path: str | Path, section: str | None = None) -> ClusterTrainConfig:
     """A `mathllava k8s train` config file (top-level job/storage/mlflow/train/estimate), or, with
     `section`, that key of a pipeline run config's parameters."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+    data = read_yaml(path)
     if section is not None:
         data = (data.get("parameters") or {}).get(section)
     return parse(ClusterTrainConfig, data, "", str(path))

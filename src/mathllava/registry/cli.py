@@ -16,44 +16,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def tracking_uri(args) -> str:
-    from ..tracking import default_tracking_uri
+    from ..tracking import tracking_source
 
-    return args.tracking_uri or default_tracking_uri()
+    return tracking_source(args.tracking_uri)[0]
 
 
 def promotion_settings(config: str | None):
-    import yaml
-
-    from ..settings import parse
+    from ..settings import parse, read_yaml
     from .promotion import PromotionSettings
 
     if config is None:
         return PromotionSettings()
-    path = Path(config)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = read_yaml(config)
     section = ((data.get("parameters") or data).get("register") or {}).get("promotion")
-    return parse(PromotionSettings, section, "register.promotion", str(path))
+    return parse(PromotionSettings, section, "register.promotion", str(config))
 
 
 def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from ..state import registry_lock_path
+    from ..tracking import require_server, tracking_source
     from . import promotion
 
-    uri = tracking_uri(args)
+    uri, source = tracking_source(args.tracking_uri)
     try:
+        require_server(uri, source)   # seconds, not minutes of retries, when the server is down
+        promotion.require_model(args.name, uri)
         if args.action == "show":
-            rows = promotion.show(args.name, uri)
-            if not rows:
-                raise ValueError(f"no registered model {args.name!r} at {uri}")
-            for row in rows:
+            for row in promotion.show(args.name, uri):
                 scores = {k: v for k, v in row.tags.items() if k.endswith("accuracy")}
                 print(f"v{row.version}\t{row.stage}\t{','.join(row.aliases) or '-'}\trun {row.run_id}\t"
                       f"{json.dumps(scores)}")

@@ -115,6 +115,18 @@ def _client(tracking_uri: str | None):
     return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
 
 
+def require_model(name: str, tracking_uri: str | None = None) -> None:
+    """A ValueError `no registered model NAME at URI` when the registry has no such model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(tracking_uri).get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ValueError(f"no registered model {name!r} at {tracking_uri or _client(None).tracking_uri}") from None
+        raise
+
+
 def alias_version(client, name: str, alias: str) -> str | None:
     try:
         return client.get_model_version_by_alias(name, alias).version
@@ -152,6 +164,7 @@ def compare_with_champion(name: str, evaluate, margins: dict[str, float],
     """(challenger, champion, decision): both scored by `evaluate(client, name, versions)` on the same
     sets in one call; nothing is changed."""
     client = _client(tracking_uri)
+    require_model(name, tracking_uri)
     challenger = alias_version(client, name, CHALLENGER)
     if challenger is None:
         raise ValueError(f"{name} has no '{CHALLENGER}' version to promote")

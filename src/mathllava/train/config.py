@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..settings import Strict, parse
+from ..settings import Strict, parse, read_yaml
 from .tiny import TinyModelConfig
 
 
@@ -101,12 +100,7 @@ class ModelSettings(Strict):
 def load_sections(path: str | Path, remote: bool = False) -> tuple[ModelSettings, TrainSettings]:
     """`model` and `train` from a YAML file: a pipeline run config (under `parameters`) or a file
     with top-level `model` and `train` keys. `remote`: model paths are checked in the pods, not here."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
+    data = read_yaml(path)
     section = data.get("parameters", data)
     return (parse(ModelSettings, section.get("model"), "model", str(path), remote),
             parse(TrainSettings, section.get("train"), "train", str(path)))
