@@ -385,3 +385,38 @@ def test_memory_stays_flat_200k(tmp_path, suffix):
     large = _peak(_generate(tmp_path / f"l{suffix}", 200_000))
     assert small[0] == 20_000 and large[0] == 200_000
     assert large[1] <= 2 * small[1], (small, large)
+
+
+def test_quarantined_records_keep_their_ids_and_file_lines(tmp_path):
+    """The structural faults users hit (no assistant turn, empty conversations, an empty or null answer,
+    a number as the question, an image that is not a string): each quarantined with the record's id and
+    its file:line, so it can be looked up; a record with no id, and a line that is not JSON, have none."""
+    from mathllava.data.ingest import ingest_source
+
+    def rec(rid, **change):
+        r = llava(rid)
+        r.update(change)
+        return r
+
+    bad = [
+        rec(0, id="no-assistant", conversations=[{"from": "human", "value": "<image>\nWhat is 1?"}]),
+        rec(1, id="empty-conv", conversations=[]),
+        rec(2, id="empty-answer", conversations=[{"from": "human", "value": "<image>\nWhat?"},
+                                                 {"from": "gpt", "value": ""}]),
+        rec(3, id="null-answer", conversations=[{"from": "human", "value": "<image>\nWhat?"},
+                                                {"from": "gpt", "value": None}]),
+        rec(4, id="number-question", conversations=[{"from": "human", "value": 7}, {"from": "gpt", "value": "1"}]),
+        rec(5, id="image-not-string", image=["a.png"]),
+        {"conversations": []},   # no id at all
+    ]
+    lines = [json.dumps(r) for r in bad] + ["{not json"]
+    path = write(tmp_path / "train.jsonl", "\n".join(lines) + "\n")
+    (tmp_path / "img").mkdir()
+    manifest, quarantine = ingest_source(path, tmp_path, "mine")
+    assert manifest.empty and len(quarantine) == 8
+    by_line = {row["origin"]: row for row in quarantine.to_dict("records")}
+    for number, record in enumerate(bad[:6], 1):
+        row = by_line[f"{path}:{number}"]
+        assert row["id"] == record["id"], (record["id"], row["reason"])
+    assert all(by_line[f"{path}:{n}"]["id"] is None or by_line[f"{path}:{n}"]["id"] != by_line[f"{path}:{n}"]["id"]
+               for n in (7, 8))   # missing (None or NaN)

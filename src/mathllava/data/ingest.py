@@ -197,7 +197,7 @@ class Ingestor:
         for item in read_annotations(self.spec.annotations, self.spec.format):
             record = item.record
             if item.error is not None or record is None:
-                yield None, self.quarantined(None, item.error or "unreadable record", item.where, item.raw)
+                yield None, self.quarantined(item.rid, item.error or "unreadable record", item.where, item.raw)
                 continue
             try:
                 yield self.row(record, item.where), None

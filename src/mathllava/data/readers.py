@@ -54,6 +54,16 @@ class Item:
     record: dict | None   # the flat record when it could be read and normalised
     error: str | None     # why this one record is bad (its own fault, never the file's)
     raw: str | None       # the record's raw text/JSON, at most 2000 characters
+    rid: str | None = None  # a bad record's own id, when it has one (users look quarantined records up by it)
+
+
+def _record_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        for key in ("id", "pid"):
+            value = obj.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+                return str(value).strip()
+    return None
 
 
 def _raw(obj: Any) -> str:
@@ -70,10 +80,10 @@ def _item(where: str, obj: Any, normalise: Callable[[Any], dict], raw: str | Non
     try:
         record = normalise(obj)
     except RecordError as exc:
-        return Item(where, None, str(exc), raw if raw is not None else _raw(obj))
+        return Item(where, None, str(exc), raw if raw is not None else _raw(obj), _record_id(obj))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return Item(where, None, f"wrong schema: {type(exc).__name__}: {exc}",
-                    raw if raw is not None else _raw(obj))
+                    raw if raw is not None else _raw(obj), _record_id(obj))
     return Item(where, record, None, raw if raw is not None else _raw(obj))
 
 
