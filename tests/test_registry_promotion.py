@@ -116,15 +116,18 @@ def test_promote_refuse_rollback_and_history(server, tiny_models, tmp_path, caps
 
     assert main(["registry", "history", name, "--tracking-uri", server]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # one line per decision, on the version it was about, with every moved version's new stage
     assert [(e["event"], e["version"]) for e in events] == [
-        ("promote", v1), ("promote", v1), ("promote", v2), ("promotion-refused", v3), ("rollback", v2),
-        ("rollback", v1)]
-    assert events[2]["reason"] == "nightly" and events[1]["stage"] == "archived" and events[2]["stage"] == "production"
-    assert events[4]["reason"] == "v2 regressed on MathVista" and all(e["actor"] for e in events)
+        ("promote", v1), ("promote", v2), ("promotion-refused", v3), ("rollback", v1)]
+    assert [e["stages"] for e in events] == [{v1: "production"}, {v1: "archived", v2: "production"},
+                                             {v3: "staging"}, {v1: "production", v2: "archived"}]
+    assert events[1]["reason"] == "nightly" and events[1]["stage"] == "production"
+    assert events[3]["reason"] == "v2 regressed on MathVista" and all(e["actor"] for e in events)
 
     assert main(["registry", "show", name, "--tracking-uri", server]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
-    assert [(r[0], r[1], r[2]) for r in rows] == [(f"v{v1}", "production", CHAMPION), (f"v{v2}", "none", "-"),
+    # show agrees with history: v2, rolled back from, is archived (it holds no alias any more)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(f"v{v1}", "production", CHAMPION), (f"v{v2}", "archived", "-"),
                                                    (f"v{v3}", "staging", CHALLENGER)]
 
 

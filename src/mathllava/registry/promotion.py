@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import socket
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -192,7 +193,7 @@ def promote(name: str, evaluate, margins: dict[str, float], lock: str | Path, tr
                 f"challenger v{challenger} -> v{now_challenger}); nothing was moved: compare again")
         entry = {"event": "promote" if decision.promote else "promotion-refused", "challenger": challenger,
                  "champion": champion, "scores": decision.scores, "margins": margins, "reasons": decision.reasons,
-                 "reason": reason}
+                 "reason": reason, "decision": uuid.uuid4().hex}
         if decision.promote:
             # in an order that leaves a usable registry if a call fails midway: the old champion is kept
             # as previous-champion before the new one takes over, and the challenger alias goes last
@@ -219,7 +220,8 @@ def rollback(name: str, reason: str, lock: str | Path, tracking_uri: str | None 
             raise ValueError(f"{name} has no '{PREVIOUS}' to roll back to")
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.delete_registered_model_alias(name, PREVIOUS)
-        entry = {"event": "rollback", "champion": previous, "rolled_back": champion, "reason": reason}
+        entry = {"event": "rollback", "champion": previous, "rolled_back": champion, "reason": reason,
+                 "decision": uuid.uuid4().hex}
         if champion is not None:
             record(client, name, champion, {**entry, "stage": STAGES[PREVIOUS]})
         return record(client, name, previous, {**entry, "stage": STAGES[CHAMPION]})
@@ -249,21 +251,34 @@ def show(name: str, tracking_uri: str | None = None) -> list[VersionInfo]:
     out = []
     for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
         aliases = sorted(by_version.get(str(mv.version), []))
-        stage = next((STAGES[a] for a in (CHAMPION, CHALLENGER, PREVIOUS) if a in aliases), "none")
+        decided = any(k.startswith(AUDIT) for k in mv.tags)   # it was a challenger or champion once
+        stage = next((STAGES[a] for a in (CHAMPION, CHALLENGER, PREVIOUS) if a in aliases),
+                     "archived" if decided else "none")
         out.append(VersionInfo(mv.version, aliases, stage, mv.run_id,
                                {k: v for k, v in mv.tags.items() if not k.startswith(AUDIT)}))
     return out
 
 
 def history(name: str, tracking_uri: str | None = None) -> list[dict]:
-    """Every audit record of every version, oldest first (one promotion may leave records on two
-    versions; they share their event and champion/challenger fields)."""
+    """One record per decision, oldest first: a promotion or rollback leaves a record on each version
+    it moves (sharing its `decision` id); they are merged into one, on the version the decision was
+    about (the challenger; for a rollback the version made champion again), with `stages` giving every
+    moved version's new stage."""
     client = _client(tracking_uri)
-    events = []
+    groups: dict[str, list[dict]] = {}
     for mv in client.search_model_versions(f"name='{name}'"):
         for key, value in mv.tags.items():
             if key.startswith(AUDIT):
-                events.append({"version": mv.version, **json.loads(value)})
+                entry = {"version": str(mv.version), **json.loads(value)}
+                groups.setdefault(entry.get("decision") or f"{mv.version}:{key}", []).append(entry)
+    events = []
+    for records in groups.values():
+        first = records[0]
+        subject = str(first.get("champion") if first["event"] == "rollback" else first.get("challenger")
+                      or first["version"])
+        main = next((r for r in records if r["version"] == subject), records[0])
+        events.append({**main, "time": min(r["time"] for r in records),
+                       "stages": {r["version"]: r.get("stage") for r in sorted(records, key=lambda r: r["version"])}})
     return sorted(events, key=lambda e: (e["time"], e["version"]))
 
 
