@@ -159,7 +159,10 @@ def _config(tmp_path, edit) -> str:
 @pytest.mark.parametrize("edit,message", [
     (lambda p: p["select"]["sampling"].update(sed=1), r"select\.sampling\.sed: Extra inputs are not permitted"),
     (lambda p: p["select"]["sampling"].pop("seed"), r"select\.sampling\.seed: Field required"),
-    (lambda p: p["select"]["sampling"].update(proportions=[2, 3, 4]), r"select: .*cuts has 3 cut points for 3 levels"),
+    (lambda p: p["select"]["sampling"].update(proportions=[2, 3, 4]),
+     r"select: .*sampling.proportions gives 3 complexity levels but the learned scorer has scorer.levels = 4"),
+    (lambda p: (p["select"]["sampling"].update(proportions=[2, 3, 4]), p["select"]["scorer"].update(enabled=False)),
+     r"select: .*complexity.cuts has 3 cut points for 3 levels"),
     (lambda p: p["select"]["sampling"].update(proportions=[]), r"select\.sampling\.proportions: .*at least two"),
     (lambda p: p["select"]["sampling"].update(proportions=[2, -3, 4, 1]), r"non-negative with a positive sum"),
     (lambda p: p["select"]["sampling"].update(proportions=[0, 0, 0, 0]), r"non-negative with a positive sum"),

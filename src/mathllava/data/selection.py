@@ -50,9 +50,14 @@ class SelectSettings(Strict):
     @model_validator(mode="after")
     def _levels_agree(self) -> "SelectSettings":
         levels = len(self.sampling.proportions)
+        # the learned scorer's levels first: it is what sets the levels whenever labelled images exist
+        if self.scorer.enabled and self.scorer.levels != levels:
+            raise ValueError(f"sampling.proportions gives {levels} complexity levels but the learned scorer has "
+                             f"scorer.levels = {self.scorer.levels}: give one proportion per scorer level")
         if len(self.complexity.cuts) + 1 != levels:
             raise ValueError(f"complexity.cuts has {len(self.complexity.cuts)} cut points for {levels} levels in "
-                             f"sampling.proportions; it needs {levels - 1}")
+                             f"sampling.proportions; it needs {levels - 1} (the rules' levels, used without "
+                             f"labelled images)")
         if self.scorer.levels != levels:
             raise ValueError(f"scorer.levels ({self.scorer.levels}) must equal the {levels} sampling.proportions")
         return self
