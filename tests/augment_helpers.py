@@ -78,7 +78,7 @@ class ScriptedServer:
     `Task: X.` line (no such line: a judge question, answered by its `Question:` line), the image from
     the sha256 of the data URL's bytes. `received`/`answered`: request keys (sha256 of the body).
     `failures`: statuses returned (with Retry-After: 0) to the next requests, one each. `hold_after`:
-    once that many requests are answered, later ones wait until `release()`, and with `abandon` set
+    the requests that arrive after that many wait until `release()`, and with `abandon` set
     they are then dropped unanswered (the client is gone)."""
 
     def __init__(self, names: dict[str, str], api_key: str | None = None):
@@ -141,7 +141,9 @@ class ScriptedServer:
             self.received.append(key)
             self.auth[handler.headers.get("Authorization")] += 1
             status = self.failures.pop(0) if self.failures else 200
-            hold = self.hold_after is not None and len(self.answered) >= self.hold_after and status == 200
+            # by arrival order, not by replies sent: a request can arrive while an earlier one is still being
+            # answered, and counting answers then let an 8th through (the crash drill waited for ever)
+            hold = self.hold_after is not None and len(self.received) > self.hold_after and status == 200
             if hold:
                 self.held += 1
         if hold:
