@@ -12,9 +12,6 @@ import pandas as pd
 
 from ..data.synthetic import QuestionSpec, scene_questions
 
-AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified", "rationale")
-
-
 _LEADS = [
     (re.compile(r"^(As shown in the (figure|diagram|image|picture),?\s*)", re.I), ""),
     (re.compile(r"^(In|According to|Looking at) (the|this) (figure|diagram|image|picture|chart|bar chart|table),?\s*", re.I), ""),

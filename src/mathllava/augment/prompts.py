@@ -63,11 +63,15 @@ def askimg(n: int, exemplars: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def _seed_block(seed: dict) -> str:
+def _question_block(seed: dict) -> str:
     text = f"Question: {seed['question']}"
     if seed.get("choices"):
         text += "\nChoices: " + "; ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(seed["choices"]))
-    return text + f"\nAnswer: {seed['answer']}"
+    return text
+
+
+def _seed_block(seed: dict) -> str:
+    return _question_block(seed) + f"\nAnswer: {seed['answer']}"
 
 
 def compq(n: int, seed: dict) -> str:
@@ -99,6 +103,16 @@ def simpq(n: int, seed: dict) -> str:
 
 
 PROMPTS = {"compq": compq, "rephq": rephq, "simpq": simpq}
+
+
+def rationale(seed: dict) -> str:
+    """A worked solution of the seed question, ending in the final-answer line that `rationales.verify`
+    checks against the seed's answer (not shown to the model)."""
+    return "\n\n".join([
+        "Task: Rationale. Solve this question about the image step by step.", _question_block(seed),
+        "Write each step on its own line: what you read in the image, then each computation. "
+        "End with one last line of the form `The answer is X.`, where X is the option letter for a "
+        "multiple-choice question and the value otherwise. Reply with the steps and that line only."])
 
 
 def judge(item: dict) -> str:

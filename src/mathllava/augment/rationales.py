@@ -4,7 +4,7 @@ Math-V's answer phrase). X is what a direct answer would say: the option letter 
 else the value.
 
 - Synthetic scenes compute their steps from the scene (as MAVIS does): `scene_rationale(row)`.
-- Other images get them from the augment engine's model generators (`prompt`).
+- Other images get them from the augment engine's model generators (`prompts.rationale`).
 - Every rationale is verified against the seed's known answer under the benchmark's answer-matching
   rules (`verify`): a last line that is not a final-answer line is dropped as `malformed_rationale`, a
   wrong final answer as `wrong_final_answer`, a bare answer with no step as `no_steps`.
@@ -20,7 +20,6 @@ from ..evaluation import mathvista
 from ..formats import target_text
 
 FINAL_LINE = re.compile(r"^The answer is (\S.*?)\.?$")
-DROP_REASONS = ("malformed_rationale", "no_steps", "wrong_final_answer")
 
 
 def final_line(answer: str, question_type: str, choices: list[str] | None) -> str:
@@ -39,18 +38,6 @@ def verify(problem: dict, text: str) -> str | None:
                                                    problem["choices"])
     _prediction, right = mathvista.score_problem(problem, extraction)
     return None if right else "wrong_final_answer"
-
-
-def prompt(seed: dict) -> str:
-    """The model generators' request: a worked solution of the seed question, ending in the final line."""
-    text = f"Question: {seed['question']}"
-    if seed.get("choices"):
-        text += "\nChoices: " + "; ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(seed["choices"]))
-    return "\n\n".join([
-        "Task: Rationale. Solve this question about the image step by step.", text,
-        "Write each step on its own line: what you read in the image, then each computation. "
-        "End with one last line of the form `The answer is X.`, where X is the option letter for a "
-        "multiple-choice question and the value otherwise. Reply with the steps and that line only."])
 
 
 def parse_reply(reply: str) -> str:

@@ -123,7 +123,7 @@ class ModelAugmenter:
                     prompt = build(n, prompts.seed_view(row))
                     out.append((row, generator, self._job(generator, prompt, row, self.client, max_tokens)))
             if per_seed.rationale:
-                prompt = rationales.prompt(prompts.seed_view(row))
+                prompt = prompts.rationale(prompts.seed_view(row))
                 out.append((row, "rationale", self._job("rationale", prompt, row, self.client, max_tokens)))
         return out
 

@@ -9,14 +9,13 @@ import random
 
 import pandas as pd
 
-from ..augment import AugmentSettings, augment
+from ..augment import GENERATORS, AugmentSettings, augment
 from ..data.ingest import manifest_digest
 from ..data.selection import SelectSettings, stratified_sample
 from .config import ArmSettings
 
 # the per-seed count that turns each augmentation on (its count comes from augment.per_seed)
-_COUNT_OF = {"new_question": "askimg", "harder": "compq", "rephrased": "rephq", "underspecified": "simpq",
-             "rationale": "rationale"}
+_COUNT_OF = {aug_type: generator for generator, aug_type in GENERATORS.items()}
 # what a cell's training data is, for its cache key: every row's identity and its target text
 DIGEST_COLUMNS = ("id", "image_sha256", "question", "answer", "aug_type", "rationale")
 

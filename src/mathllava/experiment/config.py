@@ -35,9 +35,6 @@ from ..data.validation import ValidationRules
 from ..settings import Strict, parse, read_yaml
 from ..train.config import ModelSettings, TrainSettings
 
-AUG_TYPES = ("new_question", "harder", "rephrased", "underspecified", "rationale")
-
-
 class ArmSettings(Strict):
     """One data recipe. `selection`: random (images drawn uniformly from the cleaned pool, clear or
     not, as the paper's random baseline) or stratified (the learned clarity filter and the 2:3:4:1
