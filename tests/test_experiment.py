@@ -224,12 +224,17 @@ def test_a_killed_experiment_reruns_only_the_missing_cells(tmp_path):
         assert run.inputs.dataset_inputs[0].dataset.digest == cell["data_digest"]
 
     # any cell can be promoted like a pipeline model: it becomes the challenger, then the registry compares
+    # on the base config's promotion sets (Math-V testmini in ../shared/data; without it nothing moves)
     promoted = subprocess.run([sys.executable, "-m", "mathllava.cli", "experiment", "promote", "--config",
                                str(TEST_CONFIG), "--out", str(out), "--tracking-uri", uri, "--cell", "rationales/seed-1"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
-    version = cells[("rationales", 1)]["mlflow"]["model_version"]
-    assert str(client.get_model_version_by_alias("mathllava-recipe-test", "champion").version) == version
+    if (ROOT.parent / "shared" / "data" / "math-v-testmini" / "images").is_dir():
+        assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
+        version = cells[("rationales", 1)]["mlflow"]["model_version"]
+        assert str(client.get_model_version_by_alias("mathllava-recipe-test", "champion").version) == version
+    else:
+        assert promoted.returncode == 2 and "error: no evaluation set" in promoted.stderr
+        assert not client.get_registered_model("mathllava-recipe-test").aliases   # no challenger was set
     wrong = subprocess.run([sys.executable, "-m", "mathllava.cli", "experiment", "promote", "--config",
                             str(TEST_CONFIG), "--out", str(out), "--tracking-uri", uri, "--cell", "rationales/seed-7"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -49,6 +49,7 @@ def promote(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..registry import cli as registry_cli
+    from ..registry.evaluate import evaluation_sets
     from ..registry.promotion import CHALLENGER, _client, record, registry_lock
     from ..state import registry_lock_path, state_home
     from ..tracking import require_server, tracking_source
@@ -68,6 +69,8 @@ def promote(args: argparse.Namespace) -> int:
         if not lineage.get("model_version"):
             raise ValueError(f"cell {args.cell} has no registered model (registry.model_name was not set)")
         require_server(uri, source)
+        # the comparison's sets exist before the alias moves: a promotion that cannot run changes nothing
+        evaluation_sets(registry_cli.promotion_settings(settings.base_config).eval)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
