@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export MATHLLAVA_HOME ?= $(CURDIR)/.mathllava
-export MLFLOW_PORT ?= 5077
+# the local MLflow server's port: as given, else the one this state folder's server was last started on
+export MLFLOW_PORT ?= $(shell cat "$(MATHLLAVA_HOME)/mlflow/server.port" 2>/dev/null || echo 5077)
+export ZENML_PORT ?= 8237
 export ZENML_CONFIG_PATH := $(MATHLLAVA_HOME)/zenml
 export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT := true
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -18,24 +21,26 @@ export DS_ACCELERATOR ?= cpu
 # DeepSpeed JIT-compiles its CPU ops once (about a minute); keep them with the virtual environment
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 CONFIG ?= configs/local.yaml
+# overrides of the config's parameters: make run SET="train.seed=1 select.sampling.target_size=300"
+SET ?=
 # the real Kubernetes control plane of the cluster tests: built once per machine, outside the clone
 K8S_LOCAL ?= $(CURDIR)/../shared/k8s-local
 
-.PHONY: run test test-fast k8s-local bootstrap ablation eval serve bench bench-train mlflow-stop dashboard clean
+.PHONY: run test test-fast k8s-local bootstrap ablation eval serve bench bench-train mlflow-stop dashboard dashboard-stop clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e ".[dev,distributed]"
+	$(PY) -m pip install -q -e ".[dev,distributed,dashboard]"
 	touch $@
 
 bootstrap: $(VENV)/.installed
 	$(PY) -m stacks.bootstrap
 
 run: bootstrap
-	time $(PY) run.py --config "$(CONFIG)" $(RUN_ARGS)
+	time $(PY) run.py --config "$(CONFIG)" $(foreach s,$(SET),--set $(s)) $(RUN_ARGS)
 
 test: $(VENV)/.installed k8s-local
 	$(PY) -m pytest -q
@@ -79,13 +84,14 @@ bench-train: $(VENV)/.installed
 mlflow-stop:
 	$(PY) -m mathllava.localserver stop --dir $(MATHLLAVA_HOME)/mlflow
 
-# the MLflow server (runs, charts, model registry) and the ZenML dashboard (pipelines, artifacts)
+# the MLflow server (runs, charts, model registry) and the ZenML dashboard (pipeline runs, artifacts)
 dashboard: bootstrap
-	$(PY) -m pip install -q -e ".[dev,distributed,dashboard]"
-	$(VENV)/bin/zenml login --local --ip-address 127.0.0.1 --port 8237
-	@echo "MLflow UI:       http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
-	@echo "  model registry: http://127.0.0.1:$(MLFLOW_PORT)/#/models"
-	@echo "ZenML dashboard: http://127.0.0.1:8237"
+	$(PY) -m stacks.dashboard up --zenml-port $(ZENML_PORT) --mlflow-uri http://127.0.0.1:$(MLFLOW_PORT)
 
-clean: mlflow-stop
+# both servers, waiting until their processes are gone
+dashboard-stop: $(VENV)/.installed
+	$(PY) -m stacks.dashboard down --mlflow-dir $(MATHLLAVA_HOME)/mlflow
+
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m stacks.dashboard down --mlflow-dir $(MATHLLAVA_HOME)/mlflow; fi
 	rm -rf $(MATHLLAVA_HOME) .zen

@@ -1,6 +1,6 @@
 """Run the mathllava pipeline with a config from configs/ and print a summary.
 
-    python run.py --config configs/local.yaml [--no-cache]
+    python run.py --config configs/local.yaml [--set train.seed=1 ...] [--no-cache] [--no-schedule]
 """
 
 from __future__ import annotations
@@ -12,21 +12,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def summary(run) -> dict:
-    """Counts through each stage, loss, accuracy and the registered version from a finished run."""
+def facts(run, overrides: dict | None = None):
+    """The run's outputs and the registry's current view of its version, for the printed summary."""
     from zenml.enums import ExecutionStatus
+
+    from mathllava.registry.promotion import show
+    from mathllava.runreport import RunFacts
 
     def load(step: str, output: str):
         return run.steps[step].outputs[output][0].load()
 
-    validation = load("validate_manifest", "validation_report")
-    cleaning = load("clean_manifest", "clean_report")
-    selection = load("select_images", "selection_report")
-    scorer = selection.get("scorer") or {}
-    curated = load("augment_questions", "curated_dataset")
-    training = load("train_model", "train_summary")
-    evaluation = load("evaluate_model", "eval_report")
     registration = load("register_model", "registration")
+    curated = load("augment_questions", "curated_dataset")
+    cached = sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED)
+    row = next((r for r in show(registration["model_name"], registration["tracking_uri"])
+                if str(r.version) == str(registration["version"])), None)
+    registered_in = None
+    if "register_model" in cached:
+        registered_in = registration.get("zenml_run_name") or "an earlier run"
+    return RunFacts(
+        run=run.name, validation=load("validate_manifest", "validation_report"),
+        cleaning=load("clean_manifest", "clean_report"), selection=load("select_images", "selection_report"),
+        curated_rows=len(curated), augmented_by_type=curated["aug_type"].value_counts().to_dict(),
+        training=load("train_model", "train_summary"), evaluation=load("evaluate_model", "eval_report"),
+        registration=registration, model_dir=str(load("train_model", "model_dir")),
+        aliases=row.aliases if row else [], stage=row.stage if row else "not in the registry",
+        tracking_uri=registration["tracking_uri"], cached_steps=cached, steps=len(run.steps),
+        registered_in=registered_in, overrides=overrides or {})
+
+
+def summary(run, overrides: dict | None = None) -> dict:
+    """Counts through each stage, loss, accuracy and the registered version from a finished run (the
+    values behind the printed summary, for scripts and tests)."""
+    f = facts(run, overrides)
+    validation, selection, training, evaluation, registration = (f.validation, f.selection, f.training,
+                                                                 f.evaluation, f.registration)
+    scorer = selection.get("scorer") or {}
     losses = [h["loss"] for h in training["history"] if "loss" in h]
     out = {
         "run": run.name,
@@ -35,8 +56,8 @@ def summary(run) -> dict:
         "quarantined": validation["quarantined"],
         "quarantine_reasons": validation["reasons"],
         "failure_rate_by_dataset": {k: round(v["rate"], 4) for k, v in validation["per_dataset"].items()},
-        "duplicates_removed": cleaning["dedup"]["removed"],
-        "contamination_removed": cleaning["contamination"]["removed"],
+        "duplicates_removed": f.cleaning["dedup"]["removed"],
+        "contamination_removed": f.cleaning["contamination"]["removed"],
         "scorer": {"method": scorer.get("method"),
                    **{f"{part}_{k}": round(scorer[part][k], 4) for part in ("complexity", "pool_complexity", "clarity")
                       for k in ("exact", "within_one", "accuracy") if isinstance((scorer.get(part) or {}).get(k), float)}},
@@ -46,8 +67,8 @@ def summary(run) -> dict:
                               for k, v in selection["levels"].items()},
         "selection_within_tolerance": selection["within_tolerance"],
         "selection_policy": selection["policy"],
-        "curated": len(curated),
-        "augmented_by_type": curated["aug_type"].value_counts().to_dict(),
+        "curated": f.curated_rows,
+        "augmented_by_type": f.augmented_by_type,
         "train_steps": training["global_step"],
         "train_truncated": training["truncated"],
         "train_dropped": training["dropped"],
@@ -55,11 +76,16 @@ def summary(run) -> dict:
         "loss_last": losses[-1] if losses else None,
         "heldout_accuracy": {k: evaluation["heldout"][k]["accuracy"] for k in ("model", "base", "frequent")},
         "model": f"{registration['model_name']} v{registration['version']}",
-        "alias": registration["alias"],
+        "model_dir": f.model_dir,
+        "aliases_now": f.aliases,
+        "stage_now": f.stage,
+        "registered_in": f.registered_in,
         "gate": registration["gate"],
         "promotion": registration.get("promotion"),
+        "overrides": f.overrides,
         "mlflow_ui": registration.get("mlflow_ui", registration["tracking_uri"]),
-        "cached_steps": sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED),
+        "cached_steps": f.cached_steps,
+        "facts": f,
     }
     if "mathv" in evaluation:
         out["mathv_accuracy"] = {k: evaluation["mathv"][k]["accuracy"] for k in ("model", "base", "frequent")}
@@ -77,45 +103,73 @@ def failed_run(run) -> None:
                          + (f" in step(s): {', '.join(failed)}" if failed else ""))
 
 
-def check_config(path: str) -> None:
-    """Refuse a config whose data, validate, select, augment, model, train, cluster or schedule section is
-    wrong before any step runs (and before a schedule is sent anywhere): each error names its key's path."""
+def sections() -> dict:
+    """The typed models of a run config's `parameters`, by section."""
     from mathllava.augment import AugmentSettings
     from mathllava.data.config import DataSettings
     from mathllava.data.selection import SelectSettings
     from mathllava.data.validation import ValidationRules
-    from mathllava.k8s.config import ClusterLaunch
     from mathllava.evaluation.settings import EvalSettings
+    from mathllava.k8s.config import ClusterLaunch
     from mathllava.registry.promotion import RegisterSettings
+    from mathllava.train.config import ModelSettings, TrainSettings
+
+    return {"data": DataSettings, "validate": ValidationRules, "select": SelectSettings, "augment": AugmentSettings,
+            "model": ModelSettings, "train": TrainSettings, "evaluate": EvalSettings, "register": RegisterSettings,
+            "cluster": ClusterLaunch}
+
+
+def check_config(path: str, source: str | None = None) -> None:
+    """Refuse a config whose data, validate, select, augment, model, train, cluster or schedule section is
+    wrong before any step runs (and before a schedule is sent anywhere): each error names its key's path.
+    `source`: what the errors call the config (the file, with its --set overrides)."""
     from mathllava.schedule import check_cronjob_settings, schedule_of
     from mathllava.settings import parse
-    from mathllava.train.config import load_sections
 
+    source = source or path
     try:
         data = yaml_file(path)
         remote = "orchestrator.kubernetes" in (data.get("settings") or {})  # paths are the pods'
-        _model, train = load_sections(path, remote=remote)
-        cluster = (data.get("parameters") or {}).get("cluster")
-        register = (data.get("parameters") or {}).get("register") or {}
-        sections = {"data": DataSettings, "validate": ValidationRules, "select": SelectSettings,
-                    "augment": AugmentSettings, "evaluate": EvalSettings, "register": RegisterSettings}
-        parsed = {name: parse(model, (data.get("parameters") or {}).get(name), name, path, remote)
-                  for name, model in sections.items()}
+        params = data.get("parameters") or {}
+        parsed = {name: parse(model, params.get(name), name, source, remote)
+                  for name, model in sections().items() if name != "cluster"}
         if not remote:
             parsed["data"].check_files()   # a missing source is refused before the synthetic data is drawn
         zenml_model = (data.get("model") or {}).get("name")
-        if zenml_model and register.get("model_name") and zenml_model != register["model_name"]:
-            raise ValueError(f"{path}: model.name ({zenml_model}) and parameters.register.model_name "
-                             f"({register['model_name']}) must be the same model")
-        if cluster is not None:
-            parse(ClusterLaunch, cluster, "parameters.cluster", path).job_config()
-        elif train.launcher == "kubeflow":
-            raise ValueError(f"{path}: train.launcher is kubeflow but parameters.cluster is not set")
+        if zenml_model and zenml_model != parsed["register"].model_name:
+            raise ValueError(f"{source}: model.name ({zenml_model}) and parameters.register.model_name "
+                             f"({parsed['register'].model_name}) must be the same model")
+        if params.get("cluster") is not None:
+            parse(sections()["cluster"], params["cluster"], "cluster", source).job_config()
+        elif parsed["train"].launcher == "kubeflow":
+            raise ValueError(f"{source}: train.launcher is kubeflow but parameters.cluster is not set")
         if schedule_of(path) is not None:
             check_cronjob_settings((data.get("settings") or {}).get("orchestrator.kubernetes"),
-                                   f"{path}: settings.orchestrator.kubernetes of a scheduled run")
+                                   f"{source}: settings.orchestrator.kubernetes of a scheduled run")
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def with_overrides(path: str, overrides: list[str]) -> tuple[str, dict]:
+    """The config at `path` with `--set KEY=VALUE` overrides applied, written to the state folder (named by
+    its content, so the same overrides give the same file); returns (its path, {key: value} applied)."""
+    import hashlib
+
+    import yaml
+
+    from mathllava.settings import apply_overrides
+    from mathllava.state import state_home
+
+    data = yaml_file(path)
+    try:
+        applied = apply_overrides(data.setdefault("parameters", {}), overrides, sections())
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    text = yaml.safe_dump(data, sort_keys=False)
+    out = state_home(ROOT) / "configs" / f"{Path(path).stem}+{hashlib.sha256(text.encode()).hexdigest()[:10]}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {path} with --set {' '.join(overrides)}\n{text}", encoding="utf-8")
+    return str(out), applied
 
 
 def schedule(config: str, pipeline, options: dict) -> dict:
@@ -147,6 +201,13 @@ def yaml_file(path: str) -> dict:
     return read_yaml(path)
 
 
+def yaml_file_or_exit(path: str) -> dict:
+    try:
+        return yaml_file(path)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def without_schedule(path: str) -> str:
     """A copy of the run config without its schedule: block (ZenML reads schedules from the file)."""
     import tempfile
@@ -161,42 +222,79 @@ def without_schedule(path: str) -> str:
     return handle.name
 
 
-def print_summary(info: dict) -> None:
+def print_summary(info: dict, config: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"mathllava run {info['run']}", show_header=False)
-    for key, value in info.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
-    Console().print(table)
-    Console().print(f"Open the MLflow UI (the experiment's runs): [bold]{info['mlflow_ui']}[/bold]")
+    from mathllava.runreport import next_command, summary_rows
+    from mathllava.tracking import model_url, run_url
+
+    f = info["facts"]
+    table = Table(title="mathllava run", show_header=False, show_lines=False)
+    for label, text in summary_rows(f, config):
+        table.add_row(label, text)
+    console = Console()
+    console.print(table)
+    reg = f.registration
+    console.print(f"MLflow, this run:      {run_url(f.tracking_uri, reg['mlflow_run_id'])}", soft_wrap=True)
+    console.print(f"MLflow, the registry:  {model_url(f.tracking_uri, reg['model_name'])}", soft_wrap=True)
+    console.print("ZenML dashboard:       `make dashboard` (pipeline runs, artifacts, model versions)")
+    command = next_command(f, config)
+    if command:
+        console.print(f"Next: [bold]{command}[/bold]", soft_wrap=True)
+
+
+def record_overrides(run, applied: dict) -> None:
+    """The --set overrides as run metadata in ZenML and as `override.<key>` parameters of the run's MLflow
+    run (when this run made one: a run whose tracked steps all came from the cache has none)."""
+    import mlflow
+    from zenml import log_metadata
+
+    if not applied:
+        return
+    log_metadata(metadata={"overrides": {k: json.dumps(v) for k, v in applied.items()}},
+                 run_id_name_or_prefix=run.id)
+    runs = mlflow.search_runs(experiment_names=[run.pipeline.name], output_format="list",
+                              filter_string=f"attributes.run_name = '{run.name}'")
+    for mlflow_run in runs:
+        mlflow.MlflowClient().log_batch(mlflow_run.info.run_id, params=[
+            mlflow.entities.Param(f"override.{k}", json.dumps(v)[:500]) for k, v in applied.items()])
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the config's parameters (repeatable): --set train.seed=1 "
+                             "--set select.sampling.target_size=300; VALUE is read as YAML")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--no-schedule", action="store_true",
                         help="run once now, even if the config has a schedule: block")
     args = parser.parse_args(argv)
-    check_config(args.config)
+    config, applied, source = args.config, {}, args.config
+    yaml_file_or_exit(config)
+    if args.set:
+        config, applied = with_overrides(args.config, args.set)
+        source = f"{args.config} with --set {' '.join(args.set)}"
+    check_config(config, source)
     from pipelines import mathllava_training
 
-    options = {"config_path": args.config}
+    options = {"config_path": config}
     if args.no_cache:
         options["enable_cache"] = False
-    scheduled = bool((yaml_file(args.config)).get("schedule"))
+    scheduled = bool((yaml_file(config)).get("schedule"))
     if args.no_schedule and scheduled:
-        options["config_path"] = without_schedule(args.config)
+        options["config_path"] = without_schedule(config)
     elif scheduled:
-        return schedule(args.config, mathllava_training, options)
+        return schedule(config, mathllava_training, options)
     run = mathllava_training.with_options(**options)()
     from zenml.client import Client
 
     run = Client().get_pipeline_run(run.id)
     failed_run(run)
-    info = summary(run)
-    print_summary(info)
+    record_overrides(run, applied)
+    info = summary(run, applied)
+    print_summary(info, args.config)
     return info
 
 

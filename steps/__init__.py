@@ -1,5 +1,9 @@
 """ZenML steps: thin wrappers around the `mathllava` library."""
 
+from ._quiet import quiet_third_party
+
+quiet_third_party()
+
 from .augment import augment_questions
 from .clean import clean_manifest
 from .data import generate_synthetic, ingest_sources

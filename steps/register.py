@@ -57,8 +57,9 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     log_metrics({"gate_passed": float(result.passed)}, section="registry")
     promotion = _promote(name, alias, register_cfg.promotion)
     stages = _mirror_stages(name, version, alias, digest, promotion)
-    return {"zenml_stages": stages,"model_name": name, "version": version, "alias": alias, "source": source, "gate": result.reasons,
-            "promotion": promotion,
+    return {"zenml_stages": stages, "model_name": name, "version": version, "alias": alias, "source": source,
+            "gate": result.reasons, "promotion": promotion, "model_dir": str(model_dir),
+            "zenml_run_name": get_step_context().pipeline_run.name,
             "dataset_digest": digest, "tracking_uri": mlflow.get_tracking_uri(),
             "mlflow_run_id": mlflow.active_run().info.run_id,
             "mlflow_ui": experiment_url(mlflow.get_tracking_uri(), mlflow.active_run().info.experiment_id), "environment": os.environ.get("MATHLLAVA_ENV", "local")}
@@ -66,13 +67,11 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
 
 def _mirror_stages(name: str, version: str, alias: str | None, digest: str, promotion: dict | None) -> dict:
     """The ZenML Model Control Plane side: this run's model version (its curated dataset and model are
-    linked artifacts) records its MLflow version, and every version's ZenML stage follows its MLflow
-    alias (so promotions made with `mathllava registry` show up at the next run too)."""
+    linked artifacts) records its MLflow version, and every version's ZenML stage follows the registry
+    (as it does after each `mathllava registry promote` or `rollback`)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
-    from zenml.client import Client
 
-    from mathllava.registry.promotion import STAGES
+    from mathllava_zenml.stages import mirror
 
     model = get_step_context().model
     if model is None:
@@ -80,29 +79,7 @@ def _mirror_stages(name: str, version: str, alias: str | None, digest: str, prom
     model.log_metadata({"mlflow": {"registered_model": name, "version": str(version), "alias": alias or "",
                                    "run_id": mlflow.active_run().info.run_id}, "dataset_digest": digest,
                         "promotion": promotion or {}})
-    aliases = MlflowClient().get_registered_model(name).aliases or {}
-    by_version = {str(aliases[a]): STAGES[a] for a in ("previous-champion", "challenger", "champion")  # champion last
-                  if a in aliases}
-    client, stages = Client(), {}
-    versions = client.list_model_versions(model_name_or_id=model.name, size=1000).items
-    order = {"archived": 0, "staging": 1, "production": 2}
-    targets = []
-    for mv in versions:
-        linked = (mv.run_metadata or {}).get("mlflow") or {}
-        if linked and linked.get("registered_model") != name:
-            continue  # a version linked to another MLflow model: its aliases are not these
-        wanted = by_version.get(str(linked.get("version")))
-        current = str(mv.stage.value if hasattr(mv.stage, "value") else mv.stage) if mv.stage else "none"
-        if wanted is None and current in ("production", "staging") and linked:
-            wanted = "archived"  # it lost its alias (promoted past, or rolled back from)
-        if wanted and wanted != current:
-            targets.append((order[wanted], mv, wanted))
-    for _, mv, wanted in sorted(targets, key=lambda t: t[0]):
-        client.update_model_version(model_name_or_id=model.name, version_name_or_id=mv.id, stage=wanted, force=True)
-    for mv in client.list_model_versions(model_name_or_id=model.name, size=1000).items:
-        stage = mv.stage.value if hasattr(mv.stage, "value") else mv.stage
-        stages[str(mv.number)] = stage or "none"
-    return stages
+    return mirror(name, mlflow.get_tracking_uri())
 
 
 def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict | None:
@@ -137,6 +114,7 @@ def _promote(name: str, alias: str | None, settings: PromotionSettings) -> dict 
         return {"promoted": False, "reasons": [str(err)]}
     if champion is not None:
         log_comparison(challenger, champion, decision.scores, settings.margins)
-    return {"promoted": auto and decision.promote, "reasons": decision.reasons, "champion_before": champion,
-            "scores": decision.scores}
+    return {"promoted": auto and decision.promote, "wins": decision.promote, "auto": settings.auto,
+            "reasons": decision.reasons, "champion_before": champion, "scores": decision.scores,
+            "sets": dict(getattr(evaluate, "sets", {}))}
 

@@ -237,3 +237,52 @@ def test_a_stopped_server_fails_in_seconds_in_one_line_naming_the_address_and_it
     done = subprocess.run([sys.executable, "-m", "mathllava.cli", "registry", action, "some-model"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert "(set by MLFLOW_TRACKING_URI)" in done.stderr and done.returncode == 2
+
+
+def test_zenml_stages_follow_every_promote_and_rollback(server, tiny_models, tmp_path, capsys):
+    """show, history and the ZenML model stages agree after each decision; the CLI's rollback tells ZenML
+    itself (the `mathllava.stage_listeners` entry point), not only the next pipeline run."""
+    from zenml.client import Client
+
+    from mathllava.cli import main
+    from mathllava_zenml.stages import mirror
+
+    name, lock, client = "stage-flow", tmp_path / "lock", Client()
+    client.create_model(name=name)
+
+    def link(version):
+        zmv = client.create_model_version(model_name_or_id=name, name=f"run-{version}")
+        from zenml import log_metadata
+        log_metadata(metadata={"mlflow": {"registered_model": name, "version": version}},
+                     model_name=name, model_version=zmv.name)
+
+    def agree():
+        from mathllava_zenml.stages import _stage
+
+        zenml = {(mv.run_metadata or {})["mlflow"]["version"]: _stage(mv)
+                 for mv in client.list_model_versions(model=name, size=100).items}
+        registry = {row.version: row.stage for row in show(name, server)}
+        assert zenml == registry
+        return registry
+
+    v1 = _register(server, name, tiny_models[0])
+    link(v1)
+    promote(name, scripted({v1: {"mathv": 10.0}}), {"mathv": 0.0}, lock, server)
+    mirror(name, server)
+    assert agree() == {v1: "production"}
+    v2 = _register(server, name, tiny_models[1])
+    link(v2)
+    promote(name, scripted({v1: {"mathv": 10.0}, v2: {"mathv": 12.0}}), {"mathv": 0.0}, lock, server)
+    mirror(name, server)
+    assert agree() == {v1: "archived", v2: "production"}
+    v3 = _register(server, name, tiny_models[0])
+    link(v3)
+    mirror(name, server)
+    assert agree() == {v1: "archived", v2: "production", v3: "staging"}
+    capsys.readouterr()
+    assert main(["registry", "rollback", name, "--reason", "v2 regressed", "--tracking-uri", server]) == 0
+    assert f"zenml stages: v1 production, v2 archived, v3 staging" in capsys.readouterr().out
+    assert agree() == {v1: "production", v2: "archived", v3: "staging"}   # no pipeline run in between
+    assert main(["registry", "history", name, "--tracking-uri", server]) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["event"] == "rollback" and last["stages"] == {v1: "production", v2: "archived"}

@@ -78,13 +78,18 @@ def test_a_bad_cron_or_config_installs_nothing(tmp_path, capsys):
     assert tab.read_text() == before
 
 
-def test_the_installed_command_runs_the_pipeline_under_a_lock(tmp_path):
-    """Two runs at once: the second is refused by the lock and logged; the first runs to its end."""
+def test_the_installed_command_runs_the_pipeline_under_a_lock(tmp_path, monkeypatch):
+    """Two runs at once: the second is refused by the lock and logged; the first runs to its end. The entry
+    carries the state folder and tracking port it was created with (cron starts with an empty environment)."""
     work, config = _project(tmp_path, seconds=3)
     tab = tmp_path / "crontab"
+    monkeypatch.setenv("MATHLLAVA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_PORT", "5123")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["schedule", "create", "--config", str(config), "--workdir", str(work), "--crontab", str(tab)]) == 0
     command = _lines(tab)[0].split(None, 5)[5].rsplit(" # ", 1)[0]   # what cron would run
-    env = {**os.environ, "MATHLLAVA_HOME": str(tmp_path / "home")}
+    assert command.startswith(f"env MATHLLAVA_HOME={shlex.quote(str(tmp_path / 'home'))} MLFLOW_PORT=5123 ")
+    env = {k: v for k, v in os.environ.items() if k not in ("MATHLLAVA_HOME", "MLFLOW_PORT")}   # as cron's
     first = subprocess.Popen(["bash", "-c", command], env=env)
     lock = tmp_path / "home" / "schedules" / "pipeline.lock"
     deadline = time.monotonic() + 30

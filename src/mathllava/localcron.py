@@ -71,6 +71,20 @@ def entries(crontab: str | Path | None = None) -> list[Entry]:
             for job in _table(crontab) if job.comment.startswith(MARK)]
 
 
+def environment(workdir: str | Path) -> list[str]:
+    """`NAME=value` words that a scheduled run needs to find what the run that created it used: the state
+    folder and the tracking server (cron starts with an empty environment)."""
+    from .tracking import tracking_source
+
+    words = [f"MATHLLAVA_HOME={state_home(workdir)}"]
+    uri, source = tracking_source()
+    if source == "MLFLOW_TRACKING_URI":
+        words.append(f"MLFLOW_TRACKING_URI={uri}")
+    elif uri.startswith("http://127.0.0.1:"):
+        words.append(f"MLFLOW_PORT={uri.rsplit(':', 1)[1]}")
+    return words
+
+
 def create(name: str, cron: str, config: str | Path, workdir: str | Path, crontab: str | Path | None = None,
            python: str = sys.executable) -> Entry:
     """Install (or replace) schedule `name`. Nothing is written unless every check passes."""
@@ -84,8 +98,9 @@ def create(name: str, cron: str, config: str | Path, workdir: str | Path, cronta
         raise ValueError(f"{config}: no such config file")
     if not (workdir / "Makefile").is_file():
         raise ValueError(f"{workdir}: not the project folder (no Makefile); give --workdir")
-    command = " ".join(shlex.quote(w) for w in [python, "-m", "mathllava.cli", "schedule", "run", "--name", name,
-                                                 "--config", str(config), "--workdir", str(workdir)])
+    command = " ".join(shlex.quote(w) for w in ["env", *environment(workdir), python, "-m", "mathllava.cli",
+                                                 "schedule", "run", "--name", name, "--config", str(config),
+                                                 "--workdir", str(workdir)])
     table = _table(crontab)
     table.remove_all(comment=f"{MARK}{name}")
     job = table.new(command=command, comment=f"{MARK}{name}")

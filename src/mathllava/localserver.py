@@ -23,10 +23,11 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 def start(state_dir: str | Path, host: str = "127.0.0.1", port: int = 5077, wait_s: float = 90.0) -> str:
     """Start the server unless one already answers at the address; returns its URL."""
     url = f"http://{host}:{port}"
-    if healthy(url):
-        return url
     root = Path(state_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    (root / "server.port").write_text(f"{port}\n")   # where the CLIs, the Makefile and cron entries find it
+    if healthy(url):
+        return url
     log = open(root / "server.log", "ab")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--host", host, "--port", str(port), "--workers", "1"]

@@ -58,3 +58,86 @@ def parse(cls: type[BaseModel], data: Any, prefix: str, source: str = "config", 
         return cls.model_validate(data or {}, context={"remote": remote})
     except ValidationError as err:
         raise ValueError(f"{source}: {describe_error(err, prefix)}") from None
+
+
+def _inner_model(annotation):
+    """The pydantic model a field holds (through Optional/Union), `dict` for a free mapping, else None."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+        return None
+    if origin is dict or annotation is dict:
+        return dict
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str) -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        inner = _inner_model(field.annotation)
+        if inner is not None and inner is not dict:
+            paths += _leaf_paths(inner, f"{prefix}.{name}")
+        paths.append(f"{prefix}.{name}")
+    return paths
+
+
+def override_path(key: str, sections: dict[str, type[BaseModel]]) -> list[str]:
+    """The parts of a dotted override key (`train.seed`, `select.sampling.target_size`), checked against the
+    typed sections; a ValueError naming the key when a part is unknown (with the full path of a key of the same
+    name elsewhere in that section, if there is one)."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ValueError(f"--set {key}: expected a dotted key such as train.seed")
+    if parts[0] not in sections:
+        raise ValueError(f"--set {key}: unknown section {parts[0]!r} (one of {', '.join(sections)})")
+    node: Any = sections[parts[0]]
+    for depth, part in enumerate(parts[1:], start=1):
+        where = ".".join(parts[:depth])
+        if node is dict:
+            node = None     # a free mapping (e.g. register.promotion.margins): any key, any value below
+            continue
+        if node is None:
+            raise ValueError(f"--set {key}: {where} is a value, not a section with keys")
+        if part not in node.model_fields:
+            near = [p for p in _leaf_paths(sections[parts[0]], parts[0]) if p.split(".")[-1] == part]
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            raise ValueError(f"--set {key}: {where} has no key {part!r}{hint}")
+        node = _inner_model(node.model_fields[part].annotation)
+    return parts
+
+
+def apply_overrides(parameters: dict, overrides: list[str], sections: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """Apply `KEY=VALUE` overrides (VALUE read as YAML: 1, 0.5, true, null, [2, 3, 4, 1]) to a run config's
+    `parameters` in place; returns {key: value} as applied. Keys are checked against the typed sections
+    before anything changes; the values are validated with the rest of the config afterwards."""
+    import yaml
+
+    applied: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item}: expected KEY=VALUE, e.g. train.seed=1")
+        key = key.strip()
+        parts = override_path(key, sections)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: {raw!r} is not a YAML value ({getattr(err, 'problem', err)})") from None
+        applied[key] = value
+    for key, value in applied.items():
+        parts = key.split(".")
+        node = parameters
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return applied

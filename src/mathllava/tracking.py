@@ -31,17 +31,35 @@ def mark_training_experiment() -> None:
         client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
+def recorded_port() -> str | None:
+    """The port the local MLflow server of this state folder was last started on (`make run`, bootstrap)."""
+    from .state import state_home
+
+    path = state_home() / "mlflow" / "server.port"
+    try:
+        port = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return port if port.isdigit() else None
+
+
 def tracking_source(given: str | None = None) -> tuple[str, str]:
-    """(tracking URI, what set it): the command line's, $MLFLOW_TRACKING_URI, else the local server's
-    port ($MLFLOW_PORT, 5077 when unset)."""
+    """(tracking URI, what set it): the command line's, $MLFLOW_TRACKING_URI, $MLFLOW_PORT, else the port the
+    local server of this state folder was started on ($MATHLLAVA_HOME/mlflow/server.port), else 5077."""
     import os
 
     if given:
         return given, "--tracking-uri"
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    port = os.environ.get("MLFLOW_PORT")
-    return f"http://127.0.0.1:{port or 5077}", "MLFLOW_PORT" if port else "the default local port (MLFLOW_PORT unset)"
+    if os.environ.get("MLFLOW_PORT"):
+        return f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}", "MLFLOW_PORT"
+    port = recorded_port()
+    if port:
+        from .state import state_home
+
+        return f"http://127.0.0.1:{port}", f"the local server's port in {state_home() / 'mlflow' / 'server.port'}"
+    return "http://127.0.0.1:5077", "the default local port (no MLFLOW_PORT, no local server started yet)"
 
 
 def require_server(uri: str, source: str, timeout: float = 5.0) -> None:
@@ -67,9 +85,28 @@ def require_server(uri: str, source: str, timeout: float = 5.0) -> None:
                          f"yours") from None
 
 
+ML_VIEW = "workflowType=machine_learning"   # MLflow's model-training view; without it the UI starts in GenAI mode
+
+
 def experiment_url(tracking_uri: str, experiment_id: str) -> str:
-    """The experiment's runs in MLflow's model-training view (the UI otherwise starts in GenAI mode)."""
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    """The experiment's runs in MLflow's model-training view."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?{ML_VIEW}"
+
+
+def run_url(tracking_uri: str, run_id: str) -> str:
+    """One run's page (metrics, parameters, charts, artifacts) in the model-training view."""
+    import mlflow
+
+    experiment_id = mlflow.MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def model_url(tracking_uri: str, name: str) -> str:
+    """A registered model's versions and aliases. The model's own page, not the list (`#/models`), which
+    opens under a "new Model Registry UI" pop-up until a browser dismisses it once."""
+    from urllib.parse import quote
+
+    return f"{tracking_uri.rstrip('/')}/#/models/{quote(name)}?{ML_VIEW}"
 
 
 def log_params(params: dict[str, Any], prefix: str = "") -> None:

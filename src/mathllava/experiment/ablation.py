@@ -116,10 +116,9 @@ class Tracker:
             return None
         import mlflow
 
-        from ..tracking import experiment_url
+        from ..tracking import run_url
 
-        base = experiment_url(mlflow.get_tracking_uri(), self.experiment_id).split("?")[0]
-        return f"{base}/runs/{self.parent.info.run_id}"
+        return run_url(mlflow.get_tracking_uri(), self.parent.info.run_id)
 
     def reused(self, cell: Cell, result: dict) -> None:
         """A cell finished earlier: its nested run stays if it belongs to this parent, else a record of it."""

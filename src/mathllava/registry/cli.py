@@ -35,6 +35,21 @@ def promotion_settings(config: str | None):
     return parse(PromotionSettings, section, "register.promotion", str(config))
 
 
+def tell_listeners(name: str, uri: str) -> None:
+    """Every installed `mathllava.stage_listeners` entry point (the ZenML model stages) hears of a decision;
+    one that fails is reported, the decision stands."""
+    from importlib.metadata import entry_points
+
+    for listener in entry_points(group="mathllava.stage_listeners"):
+        try:
+            stages = listener.load()(name, uri)
+        except Exception as err:  # noqa: BLE001 - the registry changed already; say what did not follow
+            print(f"warning: {listener.name} stages not updated: {type(err).__name__}: {err}", file=sys.stderr)
+        else:
+            if stages:
+                print(f"{listener.name} stages: " + ", ".join(f"v{v} {s}" for v, s in sorted(stages.items())))
+
+
 def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
@@ -57,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "rollback":
             entry = promotion.rollback(args.name, args.reason or "", registry_lock_path(args.name), uri)
             print(f"{args.name}: champion is v{entry['champion']} again (was v{entry['rolled_back']}): {args.reason}")
+            tell_listeners(args.name, uri)
         else:
             from .evaluate import scorer
 
@@ -71,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             print(f"{args.name}: v{entry['challenger']} is champion"
                   + (f", v{entry['champion']} previous-champion" if entry["champion"] else ""))
+            tell_listeners(args.name, uri)
     except promotion.PromotionConflict as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -205,8 +205,15 @@ def single_process_env() -> None:
 
 
 def training_args(out: Path, settings: TrainSettings, device: str, bf16: bool, workers: int):
+    import dataclasses
+
     from transformers import TrainingArguments
 
+    # transformers 5 renamed gradient_checkpointing (the old name warns); older images know only the old one
+    ckpt = "activation_checkpointing" if any(f.name == "activation_checkpointing"
+                                             for f in dataclasses.fields(TrainingArguments)) else "gradient_checkpointing"
+    checkpointing = {ckpt: settings.gradient_checkpointing,
+                     f"{ckpt}_kwargs": {"use_reentrant": False} if settings.gradient_checkpointing else None}
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=settings.epochs, max_steps=settings.max_steps,
         learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
@@ -216,8 +223,7 @@ def training_args(out: Path, settings: TrainSettings, device: str, bf16: bool, w
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
         report_to=[], seed=settings.seed, use_cpu=device == "cpu", bf16=bf16, deepspeed=settings.deepspeed,
         optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
-        gradient_checkpointing=settings.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
+        **checkpointing,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         dataloader_num_workers=workers, dataloader_pin_memory=device == "cuda",
         dataloader_persistent_workers=workers > 0, remove_unused_columns=False, disable_tqdm=False,
