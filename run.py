@@ -23,6 +23,7 @@ def facts(run, overrides: dict | None = None):
         return run.steps[step].outputs[output][0].load()
 
     registration = load("register_model", "registration")
+    training = load("train_model", "train_summary")
     curated = load("augment_questions", "curated_dataset")
     cached = sorted(n for n, s in run.steps.items() if s.status == ExecutionStatus.CACHED)
     row = next((r for r in show(registration["model_name"], registration["tracking_uri"])
@@ -34,8 +35,8 @@ def facts(run, overrides: dict | None = None):
         run=run.name, validation=load("validate_manifest", "validation_report"),
         cleaning=load("clean_manifest", "clean_report"), selection=load("select_images", "selection_report"),
         curated_rows=len(curated), augmented_by_type=curated["aug_type"].value_counts().to_dict(),
-        training=load("train_model", "train_summary"), evaluation=load("evaluate_model", "eval_report"),
-        registration=registration, model_dir=str(load("train_model", "model_dir")),
+        training=training, evaluation=load("evaluate_model", "eval_report"),
+        registration=registration, model_dir=training.get("model_dir") or str(load("train_model", "model_dir")),
         aliases=row.aliases if row else [], stage=row.stage if row else "not in the registry",
         tracking_uri=registration["tracking_uri"], cached_steps=cached, steps=len(run.steps),
         registered_in=registered_in, overrides=overrides or {})
@@ -231,6 +232,8 @@ def print_summary(info: dict, config: str) -> None:
 
     f = info["facts"]
     table = Table(title="mathllava run", show_header=False, show_lines=False)
+    table.add_column("what", style="bold", no_wrap=True)
+    table.add_column("result", overflow="fold")   # paths and commands whole, folded, never cut
     for label, text in summary_rows(f, config):
         table.add_row(label, text)
     console = Console()
@@ -244,7 +247,7 @@ def print_summary(info: dict, config: str) -> None:
         console.print(f"Next: [bold]{command}[/bold]", soft_wrap=True)
 
 
-def record_overrides(run, applied: dict) -> None:
+def record_overrides(run, applied: dict, tracking_uri: str) -> None:
     """The --set overrides as run metadata in ZenML and as `override.<key>` parameters of the run's MLflow
     run (when this run made one: a run whose tracked steps all came from the cache has none)."""
     import mlflow
@@ -254,10 +257,13 @@ def record_overrides(run, applied: dict) -> None:
         return
     log_metadata(metadata={"overrides": {k: json.dumps(v) for k, v in applied.items()}},
                  run_id_name_or_prefix=run.id)
-    runs = mlflow.search_runs(experiment_names=[run.pipeline.name], output_format="list",
-                              filter_string=f"attributes.run_name = '{run.name}'")
-    for mlflow_run in runs:
-        mlflow.MlflowClient().log_batch(mlflow_run.info.run_id, params=[
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(run.pipeline.name)
+    if experiment is None:
+        return
+    for mlflow_run in client.search_runs([experiment.experiment_id],
+                                         filter_string=f"attributes.run_name = '{run.name}'"):
+        client.log_batch(mlflow_run.info.run_id, params=[
             mlflow.entities.Param(f"override.{k}", json.dumps(v)[:500]) for k, v in applied.items()])
 
 
@@ -292,8 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     run = Client().get_pipeline_run(run.id)
     failed_run(run)
-    record_overrides(run, applied)
     info = summary(run, applied)
+    record_overrides(run, applied, info["facts"].tracking_uri)
     print_summary(info, args.config)
     return info
 

@@ -54,32 +54,49 @@ def _alive(pid: int) -> bool:
 
 
 def finish_onboarding() -> None:
-    """The default user's onboarding survey counts as answered, so the dashboard opens on its pages."""
+    """The default user's onboarding survey counts as answered, so the dashboard opens on its pages. Done on
+    the SQL store before the server starts: the server's user endpoint ignores `email_opted_in` (ZenML 0.98),
+    and the dashboard asks for "account details" while it is unset."""
     from zenml.client import Client
 
     client = Client()
     user = client.active_user
-    metadata = dict(user.user_metadata or {}) if hasattr(user, "user_metadata") else {}
-    metadata["finished_onboarding_survey"] = True
+    metadata = {**(user.user_metadata or {}), "finished_onboarding_survey": True}
     client.update_user(user.id, updated_email_opt_in=False, updated_metadata=metadata)
 
 
 def up(port: int, mlflow_uri: str) -> str:
     zenml = str(Path(sys.executable).with_name("zenml"))
+    # a server already running is stopped first: the onboarding flag is written to the store it serves
+    subprocess.run([zenml, "logout", "--local"], capture_output=True, text=True)
+    finish_onboarding()
     done = subprocess.run([zenml, "login", "--local", "--ip-address", "127.0.0.1", "--port", str(port)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"error: the local ZenML server did not start on port {port}: "
                          f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-    finish_onboarding()
     url = f"http://127.0.0.1:{port}"
-    from mathllava.tracking import ML_VIEW
+    from mathllava.tracking import ML_VIEW, model_url
 
     print(f"ZenML dashboard, pipeline runs: {url}{RUNS_PAGE}")
-    print(f"MLflow, the runs:               {mlflow_uri}/#/experiments?{ML_VIEW}")
-    print(f"MLflow, the registered models:  {mlflow_uri}/#/models/<name>?{ML_VIEW} (e.g. mathllava-tiny)")
+    print(f"MLflow, the experiments:        {mlflow_uri}/#/experiments?{ML_VIEW}")
+    for name in registered_models(mlflow_uri):
+        print(f"MLflow, registered model:       {model_url(mlflow_uri, name)}")
     print("Stop both: make dashboard-stop")
     return url
+
+
+def registered_models(mlflow_uri: str) -> list[str]:
+    """The registered models' names ([] when the server does not answer within seconds)."""
+    from mathllava.tracking import require_server
+
+    try:
+        require_server(mlflow_uri, "--mlflow-uri", timeout=3)
+        import mlflow
+
+        return sorted(m.name for m in mlflow.MlflowClient(mlflow_uri).search_registered_models())
+    except Exception:  # noqa: BLE001 - the links are a convenience; the dashboards are up either way
+        return []
 
 
 def down(mlflow_dir: str | None, wait_s: float = 30.0) -> list[str]:

@@ -50,4 +50,4 @@ def train_model(training_data: Path, model_cfg: dict, train_cfg: dict, cluster_c
     latest = state_dir() / "training" / "latest"
     latest.unlink(missing_ok=True)
     latest.symlink_to(out, target_is_directory=True)
-    return result.model_dir, base, result.summary
+    return result.model_dir, base, {**result.summary, "model_dir": str(result.model_dir)}  # where it lies on disk

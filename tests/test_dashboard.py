@@ -16,9 +16,15 @@ ARTIFACTS = ROOT / ".test-artifacts" / "dashboard"
 
 
 def _browse(url: str, screenshot: str) -> str:
-    """The page's text after its scripts ran, and a screenshot of it."""
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw", "--window-size=1400,1000"]
+    """The page's text after its scripts ran, and a screenshot of it, in a browser with a new profile (as a
+    user's first visit: nothing dismissed or chosen before)."""
+    import tempfile
+
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw",
+             "--window-size=1400,1000"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     subprocess.run([*flags, f"--screenshot={ARTIFACTS / screenshot}", url], capture_output=True, timeout=120)
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
@@ -79,3 +85,62 @@ def test_the_dashboard_shows_runs_models_and_sectioned_charts(populated):
     assert "curated_rows" in charts and "2889.00" in charts
     for name in ("experiment-runs.png", "model-version.png", "run-charts.png"):
         assert (ARTIFACTS / name).stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+POPUP = "Flexible, governed deployments"   # MLflow's "new Model Registry UI" pop-up
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_every_printed_mlflow_link_opens_in_the_training_view_without_a_popup(populated):
+    """The run summary's and `make dashboard`'s links: the model-training view (its side bar has the Model
+    registry; the GenAI one has the AI Gateway instead), and no pop-up over the registered model."""
+    from mathllava.tracking import ML_VIEW, model_url, run_url
+
+    uri, experiment, run = populated
+    for name, url in (("link-experiment.png", experiment), ("link-run.png", run_url(uri, run.run_id)),
+                      ("link-model.png", model_url(uri, "mathllava-ui")),
+                      ("link-experiments.png", f"{uri}/#/experiments?{ML_VIEW}")):   # make dashboard's
+        text = _browse(url, name)
+        assert "Model registry" in text and "AI Gateway" not in text, url
+        assert POPUP not in text, url
+    assert "Version 1" in _browse(model_url(uri, "mathllava-ui"), "link-model-2.png")
+    # the list of models (the link the summary no longer prints) is where the pop-up and GenAI mode wait
+    listing = _browse(f"{uri}/#/models", "models-list.png")
+    assert POPUP in listing and "AI Gateway" in listing
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_the_zenml_dashboard_opens_on_the_pipeline_runs_and_stops_for_good(tmp_path):
+    """`make dashboard` on a store with a pipeline run: the runs page lists it (no onboarding form first);
+    `make dashboard-stop` returns once the server's process is gone."""
+    import os
+    import sys
+
+    from conftest import free_port
+
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zenml"), "PYTHONPATH": str(ROOT)}
+    (tmp_path / "pipe.py").write_text(
+        "from zenml import pipeline, step\n@step\ndef one() -> int:\n    return 1\n"
+        "@pipeline(name='dashboard_check')\ndef p():\n    one()\nprint('RUN', p().name)\n")
+    made = subprocess.run([sys.executable, "pipe.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    port = free_port()
+    up = subprocess.run([sys.executable, "-m", "stacks.dashboard", "up", "--zenml-port", str(port),
+                         "--mlflow-uri", "http://127.0.0.1:1"], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        page = f"http://127.0.0.1:{port}/projects/default/runs"
+        assert f"ZenML dashboard, pipeline runs: {page}" in up.stdout
+        text = _browse(page, "zenml-runs.png")
+        assert "dashboard_check" in text and "Add your account details" not in text
+        pids = [int(p.read_text()) for p in (tmp_path / "zenml").rglob("service.pid")]
+        assert pids
+    finally:
+        down = subprocess.run([sys.executable, "-m", "stacks.dashboard", "down"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0 and "stopped: ZenML server" in down.stdout
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

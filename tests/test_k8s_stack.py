@@ -246,7 +246,7 @@ def _variant(tmp_path, edit):
     (lambda d: d["parameters"].pop("cluster") and d["parameters"]["train"].update(launcher="kubeflow"),
      "parameters.cluster is not set"),
     (lambda d: d["parameters"]["cluster"].update(config="configs/k8s/missing.yaml"), "no such config file"),
-    (lambda d: d["parameters"]["cluster"].update(namespaces="x"), "parameters.cluster.namespaces"),
+    (lambda d: d["parameters"]["cluster"].update(namespaces="x"), ": cluster.namespaces"),   # as --set names it
 ])
 def test_run_config_is_refused_before_anything_is_sent(tmp_path, edit, message):
     from run import check_config

@@ -139,11 +139,10 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
     config = yaml.safe_load((ROOT / "configs" / "test.yaml").read_text())
     params = config["parameters"]
     base = init_tiny(tmp_path / "base", TinyModelConfig(**params["model"]["tiny"]), ["What is the value?"])
-    params["model"] = {"base": str(base)}
-    params["train"].update(mode="lora", lora={"r": 8, "alpha": 16})
-    path = tmp_path / "lora.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))  # ZenML cache keys depend on key order
-    info = run.main(["--config", str(path)])
+    # overrides on the command line, as `make run SET="..."` passes them
+    info = run.main(["--config", str(ROOT / "configs" / "test.yaml"), "--set", f"model.base={base}",
+                     "--set", "train.mode=lora", "--set", "train.lora={r: 8, alpha: 16}"])
+    assert info["overrides"] == {"model.base": str(base), "train.mode": "lora", "train.lora": {"r": 8, "alpha": 16}}
     assert {"select_images", "augment_questions", "export_training_data"} <= set(info["cached_steps"])
     assert "train_model" not in info["cached_steps"] and info["model"] != first_run["model"]
     # the new challenger was compared with the first run's champion, on the same sets, in this run
@@ -155,6 +154,11 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
         .load()["mlflow_run_id"]
     files = {a.path for a in mlflow.MlflowClient(stack).list_artifacts(run_id, "registry")}
     assert {"registry/comparison.json", "registry/comparison.png"} <= files
+    # the overrides are recorded with the run, in MLflow and in ZenML
+    params = mlflow.MlflowClient(stack).get_run(run_id).data.params
+    assert params["override.train.mode"] == '"lora"' and params["override.train.lora"] == '{"r": 8, "alpha": 16}'
+    assert Client().get_pipeline_run(info["run"]).run_metadata["overrides"]["train.mode"] == '"lora"'
+    assert info["stage_now"] in ("production", "staging") and info["model_dir"].endswith("/model")
     # every ZenML model version's stage follows its MLflow alias
     from mathllava.registry.promotion import STAGES
 
@@ -171,10 +175,8 @@ def test_pipeline_fine_tunes_a_given_base_with_lora(first_run, stack, tmp_path):
     model_dir = steps["train_model"].outputs["model_dir"][0].load()
     merged = LlavaForConditionalGeneration.from_pretrained(model_dir)
     assert not any("lora" in name for name, _ in merged.named_parameters())
-    with pytest.raises(SystemExit, match=r"train\.mode"):  # a bad value stops the run before any step
-        params["train"]["mode"] = "qlora"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))  # ZenML cache keys depend on key order
-        run.main(["--config", str(path)])
+    with pytest.raises(SystemExit, match=r"with --set train.mode=qlora: train\.mode"):  # refused before any step
+        run.main(["--config", str(ROOT / "configs" / "test.yaml"), "--set", "train.mode=qlora"])
 
 
 def test_pipeline_augments_an_extra_source_through_the_configured_endpoint(stack, tmp_path):

@@ -34,7 +34,7 @@ def test_a_first_run_says_promoted_and_what_the_registry_holds_now():
     rows = _text(facts)
     assert rows["registered"] == "mathllava-tiny v2: gate passed; now champion (production)"
     assert rows["promotion"].startswith("promoted by this run: v2 became champion, first champion")
-    assert "Math-V testmini (60 problems)" in rows["promotion"]
+    assert "on Math-V testmini, 60 problems" in rows["promotion"]
     assert rows["Math-V testmini"].startswith("304 problems, accuracy %: model 13.16")
     assert rows["held-out synthetic"].startswith("216 problems")
     assert rows["model"] == "/state/artifacts/model_dir/xyz"
@@ -51,8 +51,8 @@ def test_a_winner_left_to_the_user_gets_the_exact_command():
     rows = _text(facts)
     command = "mathllava registry promote mathllava-tiny --config configs/local.yaml --tracking-uri " + URI
     assert rows["registered"].endswith("now challenger (staging)")
-    assert rows["promotion"].startswith("not promoted: v2 beats champion v1 on Math-V testmini (60 problems) "
-                                        "(Math-V testmini: v2 8.33 vs v1 6.67), but register.promotion.auto is 'first'")
+    assert rows["promotion"].startswith("not promoted: v2 beats champion v1 on Math-V testmini, 60 problems "
+                                        "(v2 8.33 vs v1 6.67), but register.promotion.auto is 'first'")
     assert rows["promotion"].endswith(f"To promote it: {command}")
     assert next_command(facts, "configs/local.yaml") == command
 
@@ -80,3 +80,10 @@ def test_a_failed_gate_says_so():
     rows = _text(facts)
     assert rows["registered"] == "mathllava-tiny v2: gate failed; now none"
     assert rows["promotion"].startswith("not a candidate: the gate on the held-out split failed")
+
+
+def test_a_cached_rerun_of_a_challenger_names_the_command():
+    facts = _facts(None, aliases=("challenger",), stage="staging", registered_in="r1", cached=["x"])
+    assert _text(facts)["promotion"].endswith("v2 is still challenger; to compare and promote it: mathllava registry "
+                                              f"promote mathllava-tiny --config configs/local.yaml --tracking-uri {URI}")
+    assert next_command(facts, "configs/local.yaml").startswith("mathllava registry promote mathllava-tiny")

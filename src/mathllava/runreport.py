@@ -60,18 +60,24 @@ def promotion_lines(facts: RunFacts, config: str | None) -> tuple[str, str | Non
     name, version = reg["model_name"], reg["version"]
     promotion = reg.get("promotion")
     if facts.registered_in:
-        return (f"nothing was registered or compared now: run {facts.registered_in} registered v{version} with "
-                "these same inputs and outputs (this run reused it from the cache)", None)
+        said = (f"nothing was registered or compared now: run {facts.registered_in} registered v{version} with "
+                "these same inputs and outputs (this run reused it from the cache)")
+        if "challenger" in facts.aliases:
+            command = promote_command(name, facts.tracking_uri, config)
+            return f"{said}. v{version} is still challenger; to compare and promote it: {command}", command
+        return said, None
     if reg.get("alias") is None:
         return ("not a candidate: the gate on the held-out split failed, so v" + str(version)
                 + " got no alias (register.gate)", None)
     if not promotion:
         return (f"not compared (register.promotion.compare and .auto are off); to compare and promote: "
                 f"{promote_command(name, facts.tracking_uri, config)}", promote_command(name, facts.tracking_uri, config))
-    sets = ", ".join(f"{SET_NAMES.get(s, s)} ({n} problems)" for s, n in (promotion.get("sets") or {}).items())
-    scores = "; ".join(f"{SET_NAMES.get(m, m)}: v{version} {s.get('challenger', float('nan')):.2f}"
+    sets = "; ".join(f"{SET_NAMES.get(s, s)}, {n} problems" for s, n in (promotion.get("sets") or {}).items())
+    by_metric = promotion.get("scores") or {}
+    scores = "; ".join((f"{SET_NAMES.get(m, m)}: " if len(by_metric) > 1 else "")
+                       + f"v{version} {s.get('challenger', float('nan')):.2f}"
                        + (f" vs v{promotion['champion_before']} {s['champion']:.2f}" if "champion" in s else "")
-                       for m, s in (promotion.get("scores") or {}).items())
+                       for m, s in by_metric.items())
     on = f" on {sets}" if sets else ""
     if promotion.get("promoted"):
         before = promotion.get("champion_before")

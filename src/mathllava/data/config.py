@@ -42,8 +42,12 @@ class DataSettings(Strict):
         """Every extra source's annotation file and image root exist (before any step runs)."""
         from .ingest import check_spec
 
-        for spec in self.extra_sources:
-            check_spec(spec)
+        for i, spec in enumerate(self.extra_sources):
+            try:
+                check_spec(spec)
+            except ValueError as err:   # the key that names the missing path, then the path
+                key = "annotations" if "annotation file" in str(err) else "image_root"
+                raise type(err)(f"data.extra_sources[{i}].{key}: {err}") from None
 
     def fingerprint(self) -> str:
         """Size and modification time of every input file this section names (extra sources, evaluation
