@@ -127,13 +127,13 @@ def check_config(path: str, source: str | None = None) -> None:
     from mathllava.schedule import check_cronjob_settings, schedule_of
     from mathllava.settings import parse
 
-    source = source or path
+    source, models = source or path, sections()
     try:
         data = yaml_file(path)
         remote = "orchestrator.kubernetes" in (data.get("settings") or {})  # paths are the pods'
         params = data.get("parameters") or {}
         parsed = {name: parse(model, params.get(name), name, source, remote)
-                  for name, model in sections().items() if name != "cluster"}
+                  for name, model in models.items() if name != "cluster"}
         if not remote:
             parsed["data"].check_files()   # a missing source is refused before the synthetic data is drawn
         zenml_model = (data.get("model") or {}).get("name")
@@ -141,7 +141,7 @@ def check_config(path: str, source: str | None = None) -> None:
             raise ValueError(f"{source}: model.name ({zenml_model}) and parameters.register.model_name "
                              f"({parsed['register'].model_name}) must be the same model")
         if params.get("cluster") is not None:
-            parse(sections()["cluster"], params["cluster"], "cluster", source).job_config()
+            parse(models["cluster"], params["cluster"], "cluster", source).job_config()
         elif parsed["train"].launcher == "kubeflow":
             raise ValueError(f"{source}: train.launcher is kubeflow but parameters.cluster is not set")
         if schedule_of(path) is not None:
@@ -161,8 +161,8 @@ def with_overrides(path: str, overrides: list[str]) -> tuple[str, dict]:
     from mathllava.settings import apply_overrides
     from mathllava.state import state_home
 
-    data = yaml_file(path)
     try:
+        data = yaml_file(path)
         applied = apply_overrides(data.setdefault("parameters", {}), overrides, sections())
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
@@ -200,13 +200,6 @@ def yaml_file(path: str) -> dict:
     from mathllava.settings import read_yaml
 
     return read_yaml(path)
-
-
-def yaml_file_or_exit(path: str) -> dict:
-    try:
-        return yaml_file(path)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 def without_schedule(path: str) -> str:
@@ -278,7 +271,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run once now, even if the config has a schedule: block")
     args = parser.parse_args(argv)
     config, applied, source = args.config, {}, args.config
-    yaml_file_or_exit(config)
     if args.set:
         config, applied = with_overrides(args.config, args.set)
         source = f"{args.config} with --set {' '.join(args.set)}"

@@ -58,7 +58,7 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     promotion = _promote(name, alias, register_cfg.promotion)
     stages = _mirror_stages(name, version, alias, digest, promotion)
     return {"zenml_stages": stages, "model_name": name, "version": version, "alias": alias, "source": source,
-            "gate": result.reasons, "promotion": promotion, "model_dir": str(model_dir),
+            "gate": result.reasons, "promotion": promotion,
             "zenml_run_name": get_step_context().pipeline_run.name,
             "dataset_digest": digest, "tracking_uri": mlflow.get_tracking_uri(),
             "mlflow_run_id": mlflow.active_run().info.run_id,

@@ -69,5 +69,6 @@ def test_run_py_validates_override_values_with_the_typed_config(tmp_path, monkey
         run.check_config(bad, "configs/test.yaml with --set train.epochs=-1")
     with pytest.raises(SystemExit, match=r"did you mean select.sampling.target_size"):
         run.main(["--config", config, "--set", "select.target_size=300"])
-    with pytest.raises(SystemExit, match=r"configs/nope.yaml: no such config file"):
-        run.main(["--config", "configs/nope.yaml"])
+    for extra in ([], ["--set", "train.seed=1"]):   # one line, with or without overrides
+        with pytest.raises(SystemExit, match=r"^error: configs/nope.yaml: no such config file$"):
+            run.main(["--config", "configs/nope.yaml", *extra])

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SET_NAMES = {"heldout": "held-out synthetic", "mathv": "Math-V testmini"}
-STAGE_OF = {"champion": "production", "challenger": "staging", "previous-champion": "archived"}
 
 
 @dataclass
@@ -35,10 +34,6 @@ class RunFacts:
     steps: int = 0
     registered_in: str | None = None
     overrides: dict = field(default_factory=dict)
-
-
-def _pct(value) -> str:
-    return f"{value:.1f}%" if isinstance(value, (int, float)) else "-"
 
 
 def _contenders(block: dict) -> str:
@@ -70,8 +65,8 @@ def promotion_lines(facts: RunFacts, config: str | None) -> tuple[str, str | Non
         return ("not a candidate: the gate on the held-out split failed, so v" + str(version)
                 + " got no alias (register.gate)", None)
     if not promotion:
-        return (f"not compared (register.promotion.compare and .auto are off); to compare and promote: "
-                f"{promote_command(name, facts.tracking_uri, config)}", promote_command(name, facts.tracking_uri, config))
+        command = promote_command(name, facts.tracking_uri, config)
+        return f"not compared (register.promotion.compare and .auto are off); to compare and promote: {command}", command
     sets = "; ".join(f"{SET_NAMES.get(s, s)}, {n} problems" for s, n in (promotion.get("sets") or {}).items())
     by_metric = promotion.get("scores") or {}
     scores = "; ".join((f"{SET_NAMES.get(m, m)}: " if len(by_metric) > 1 else "")

@@ -126,7 +126,7 @@ def apply_overrides(parameters: dict, overrides: list[str], sections: dict[str, 
         if not sep:
             raise ValueError(f"--set {item}: expected KEY=VALUE, e.g. train.seed=1")
         key = key.strip()
-        parts = override_path(key, sections)
+        override_path(key, sections)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:

@@ -43,11 +43,7 @@ class DataSettings(Strict):
         from .ingest import check_spec
 
         for i, spec in enumerate(self.extra_sources):
-            try:
-                check_spec(spec)
-            except ValueError as err:   # the key that names the missing path, then the path
-                key = "annotations" if "annotation file" in str(err) else "image_root"
-                raise type(err)(f"data.extra_sources[{i}].{key}: {err}") from None
+            check_spec(spec, f"data.extra_sources[{i}]")
 
     def fingerprint(self) -> str:
         """Size and modification time of every input file this section names (extra sources, evaluation

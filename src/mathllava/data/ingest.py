@@ -209,13 +209,16 @@ class Ingestor:
                                              source_of(record, self.spec))
 
 
-def check_spec(spec: SourceSpec) -> None:
-    """Refuse a source whose files are not there, before any work."""
+def check_spec(spec: SourceSpec, key: str = "") -> None:
+    """Refuse a source whose files are not there, before any work. `key`: the config key of the source
+    (`data.extra_sources[0]`); the error then starts with the key of the missing path."""
+    where = lambda field: f"{key}.{field}: " if key else ""  # noqa: E731
     if not Path(spec.annotations).exists():
-        raise AnnotationError(f"{spec.annotations}: annotation file does not exist")
+        raise AnnotationError(f"{where('annotations')}{spec.annotations}: annotation file does not exist")
     root = Path(spec.image_root)
     if not root.is_dir():
-        raise AnnotationError(f"{spec.annotations}: image root {root} does not exist or is not a folder")
+        raise AnnotationError(f"{where('image_root')}{spec.annotations}: image root {root} does not exist or is "
+                              "not a folder")
 
 
 def iter_batches(specs: Iterable[SourceSpec], limits: ImageLimits, batch_size: int = 5000,
