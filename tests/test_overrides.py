@@ -28,9 +28,20 @@ def test_overrides_set_nested_keys_with_yaml_values():
     assert applied["train.seed"] == 1 and applied["train.lr_scheduler"] == "linear"
 
 
+def test_a_key_named_once_deeper_in_its_section_stands_for_it():
+    """The issue's own command line: `--set select.target_size=300` is select.sampling.target_size, the only
+    key of that name in `select`; it is applied and recorded under its full path."""
+    from mathllava.settings import apply_overrides
+
+    params = {"select": {"sampling": {"target_size": 500, "seed": 7}}}
+    assert apply_overrides(params, ["select.target_size=300"], _sections()) == {"select.sampling.target_size": 300}
+    assert params == {"select": {"sampling": {"target_size": 300, "seed": 7}}}
+
+
 @pytest.mark.parametrize("item, message", [
-    ("select.target_size=300", "--set select.target_size: select has no key 'target_size' "
-                               "(did you mean select.sampling.target_size?)"),
+    ("select.seed=3", "--set select.seed: select has no key 'seed' "
+                      "(did you mean select.scorer.seed or select.sampling.seed?)"),   # two of that name
+    ("select.sampling.size=3", "--set select.sampling.size: select.sampling has no key 'size'"),
     ("trian.seed=1", "--set trian.seed: unknown section 'trian'"),
     ("train.sead=1", "--set train.sead: train has no key 'sead'"),
     ("train.seed.x=1", "--set train.seed.x: train.seed is a value, not a section with keys"),
@@ -67,8 +78,8 @@ def test_run_py_validates_override_values_with_the_typed_config(tmp_path, monkey
     with pytest.raises(SystemExit, match=r"error: configs/test.yaml with --set train.epochs=-1: train.epochs: "
                                          r"Input should be greater than 0"):
         run.check_config(bad, "configs/test.yaml with --set train.epochs=-1")
-    with pytest.raises(SystemExit, match=r"did you mean select.sampling.target_size"):
-        run.main(["--config", config, "--set", "select.target_size=300"])
+    with pytest.raises(SystemExit, match=r"did you mean select.scorer.seed or select.sampling.seed"):
+        run.main(["--config", config, "--set", "select.seed=300"])
     for extra in ([], ["--set", "train.seed=1"]):   # one line, with or without overrides
         with pytest.raises(SystemExit, match=r"^error: configs/nope.yaml: no such config file$"):
             run.main(["--config", "configs/nope.yaml", *extra])

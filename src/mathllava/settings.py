@@ -91,8 +91,9 @@ def _leaf_paths(model: type[BaseModel], prefix: str) -> list[str]:
 
 def override_path(key: str, sections: dict[str, type[BaseModel]]) -> list[str]:
     """The parts of a dotted override key (`train.seed`, `select.sampling.target_size`), checked against the
-    typed sections; a ValueError naming the key when a part is unknown (with the full path of a key of the same
-    name elsewhere in that section, if there is one)."""
+    typed sections. A last part that is not at that level but names exactly one key deeper in the section
+    stands for it (`select.target_size` is `select.sampling.target_size`); otherwise a ValueError naming the
+    key, with the full paths of the keys of that name in the section, if there are any."""
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise ValueError(f"--set {key}: expected a dotted key such as train.seed")
@@ -108,6 +109,8 @@ def override_path(key: str, sections: dict[str, type[BaseModel]]) -> list[str]:
             raise ValueError(f"--set {key}: {where} is a value, not a section with keys")
         if part not in node.model_fields:
             near = [p for p in _leaf_paths(sections[parts[0]], parts[0]) if p.split(".")[-1] == part]
+            if depth == len(parts) - 1 and len(near) == 1 and near[0].startswith(where + "."):
+                return near[0].split(".")
             hint = f" (did you mean {' or '.join(near)}?)" if near else ""
             raise ValueError(f"--set {key}: {where} has no key {part!r}{hint}")
         node = _inner_model(node.model_fields[part].annotation)
@@ -125,8 +128,7 @@ def apply_overrides(parameters: dict, overrides: list[str], sections: dict[str, 
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item}: expected KEY=VALUE, e.g. train.seed=1")
-        key = key.strip()
-        override_path(key, sections)
+        key = ".".join(override_path(key.strip(), sections))   # the full key, as recorded
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
