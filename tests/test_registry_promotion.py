@@ -279,10 +279,14 @@ def test_zenml_stages_follow_every_promote_and_rollback(server, tiny_models, tmp
     link(v3)
     mirror(name, server)
     assert agree() == {v1: "archived", v2: "production", v3: "staging"}
+    v4 = _register(server, name, tiny_models[1])   # a newer challenger: v3 holds no alias any more
+    link(v4)
+    mirror(name, server)
+    assert agree() == {v1: "archived", v2: "production", v3: "none", v4: "staging"}
     capsys.readouterr()
     assert main(["registry", "rollback", name, "--reason", "v2 regressed", "--tracking-uri", server]) == 0
-    assert f"zenml stages: v1 production, v2 archived, v3 staging" in capsys.readouterr().out
-    assert agree() == {v1: "production", v2: "archived", v3: "staging"}   # no pipeline run in between
+    assert f"zenml stages: v1 production, v2 archived, v3 none, v4 staging" in capsys.readouterr().out
+    assert agree() == {v1: "production", v2: "archived", v3: "none", v4: "staging"}   # no pipeline run between
     assert main(["registry", "history", name, "--tracking-uri", server]) == 0
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["event"] == "rollback" and last["stages"] == {v1: "production", v2: "archived"}

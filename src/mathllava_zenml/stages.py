@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 
-ORDER = {"archived": 0, "staging": 1, "production": 2}   # production last: ZenML keeps one version per stage
+# none first, production last: ZenML keeps one version per stage, and a forced move archives the version that held
+# it (a challenger replaced by a newer one holds no alias: `none` in the registry, so `none` here too)
+ORDER = {"none": 0, "archived": 1, "staging": 2, "production": 3}
 
 
 def _stage(mv) -> str:
