@@ -5,7 +5,7 @@
     mathllava eval score --benchmark mmmu PREDICTIONS.json --answers answer_dict_val.json --out SCORES.json
     mathllava eval run --benchmark mathv --data ../shared/data/math-v-testmini --model-dir MODEL --out DIR
     mathllava eval run --benchmark mathv --data ... --endpoint http://127.0.0.1:8000/v1 --model NAME --out DIR
-    mathllava serve MODEL_DIR [--port 8000] [--device auto|cpu|cuda]
+    mathllava serve MODEL_DIR [--port 8000] [--device auto|cpu|cuda] [--max-prompt-tokens N] [--timeout S] ...
     mathllava model init-tiny DIR [--data FILE] [--config FILE]
     mathllava train --base DIR --data FILE --image-root DIR --out DIR [--mode full|lora] [--deepspeed FILE]
                     [--epochs N] [--max-steps N] [--resume] [--config FILE] [--device auto|cpu|cuda]
@@ -149,10 +149,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .serve import ServeLimits, serve
 
     try:
-        serve(args.model_dir, host=args.host, port=args.port, model_name=args.name, device=args.device)
+        limits = ServeLimits(max_body_bytes=args.max_body_mb * 1024 * 1024, max_prompt_tokens=args.max_prompt_tokens,
+                             max_tokens=args.max_tokens, max_queue=args.max_queue, timeout_s=args.timeout,
+                             generation_s=args.generation_limit, drain_s=args.drain)
+        serve(args.model_dir, host=args.host, port=args.port, model_name=args.name, device=args.device, limits=limits)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -269,6 +272,25 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--name", help="model name to serve under (default: the directory name)")
     srv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    from .serve import ServeLimits
+
+    bounds = ServeLimits()
+    srv.add_argument("--max-body-mb", type=int, default=bounds.max_body_bytes // (1024 * 1024),
+                     help="larger request bodies get 413 (default: %(default)s)")
+    srv.add_argument("--max-prompt-tokens", type=int, default=bounds.max_prompt_tokens,
+                     help="longer prompts get 400; capped at the model's context (default: %(default)s)")
+    srv.add_argument("--max-tokens", type=int, default=bounds.max_tokens,
+                     help="largest max_tokens a request may ask for (default: %(default)s)")
+    srv.add_argument("--max-queue", type=int, default=bounds.max_queue,
+                     help="requests waiting or running; more get 503 (default: %(default)s)")
+    srv.add_argument("--timeout", type=float, default=bounds.timeout_s,
+                     help="seconds from arrival to reply; later requests get 504 (default: %(default)s)")
+    srv.add_argument("--generation-limit", type=float, default=bounds.generation_s,
+                     help="seconds one request may hold the model; longer ones are stopped with 504 "
+                          "(default: %(default)s)")
+    srv.add_argument("--drain", type=float, default=bounds.drain_s,
+                     help="on SIGTERM, seconds requests in flight may finish before they are stopped "
+                          "(default: %(default)s)")
     srv.set_defaults(func=_serve)
 
     model = sub.add_parser("model", help="model checkpoints").add_subparsers(dest="action", required=True)

@@ -75,10 +75,12 @@ class TransformersBackend:
 
     def generate_images(self, queries: list[str], images: list, max_new_tokens: int | None = None,
                         temperature: float | None = None, seed: int | None = None,
-                        token_counts: list | None = None) -> list[str]:
+                        token_counts: list | None = None, stop: Callable[[], bool] | None = None,
+                        min_new_tokens: int = 0) -> list[str]:
         """Generation from in-memory PIL images (or None for text-only), one generate() at a time.
         Mixed batches are split by kind. With a `token_counts` list, the number of generated tokens
-        per reply is appended to it."""
+        per reply is appended to it. `stop()` is asked after every token: when it says True,
+        generation ends there (a cancelled or timed-out request frees the model at once)."""
         if len(queries) != len(images):
             raise ValueError("one image (or None) per query")
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -94,7 +96,8 @@ class TransformersBackend:
                     continue
                 group_counts: list[int] = []
                 replies = self._generate([queries[i] for i in group], [images[i] for i in group] if has_image
-                                         else None, max_new_tokens, temperature, seed, group_counts)
+                                         else None, max_new_tokens, temperature, seed, group_counts, stop,
+                                         min_new_tokens)
                 for i, reply, n in zip(group, replies, group_counts):
                     out[i], counts[i] = reply, n
         if token_counts is not None:
@@ -102,8 +105,10 @@ class TransformersBackend:
         return out
 
     def _generate(self, queries: list[str], images: list | None, max_new_tokens: int, temperature: float,
-                  seed: int | None, token_counts: list) -> list[str]:
+                  seed: int | None, token_counts: list, stop: Callable[[], bool] | None = None,
+                  min_new_tokens: int = 0) -> list[str]:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         from ..conversation import prompt
 
@@ -121,6 +126,14 @@ class TransformersBackend:
         if seed is not None:
             torch.manual_seed(seed)
         options = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        if min_new_tokens:
+            options["min_new_tokens"] = min_new_tokens
+        if stop is not None:
+            class Asked(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
+            options["stopping_criteria"] = StoppingCriteriaList([Asked()])
         with torch.inference_mode():
             generated = self.model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                                             eos_token_id=tok.eos_token_id, **options)
