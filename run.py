@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+BUSY = 75  # EX_TEMPFAIL, as for a scheduled run that found the lock held
+# MLflow's HTTP client: a few quick retries, so that a dead tracking server fails a step within seconds
+FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# where ZenML logs a failed step with its traceback
+STEP_FAILURE_LOGGERS = ("zenml.orchestrators.local.local_orchestrator", "zenml.orchestrators.step_launcher",
+                        "zenml.orchestrators.step_runner")
 
 
 def facts(run, overrides: dict | None = None):
@@ -260,6 +268,58 @@ def record_overrides(run, applied: dict, tracking_uri: str) -> None:
             mlflow.entities.Param(f"override.{k}", json.dumps(v)[:500]) for k, v in applied.items()])
 
 
+def stack_tracking_uri() -> str | None:
+    """The tracking URI of the active stack's MLflow experiment tracker (None without one)."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    trackers = Client().active_stack_model.components.get(StackComponentType.EXPERIMENT_TRACKER) or []
+    return (trackers[0].configuration or {}).get("tracking_uri") if trackers else None
+
+
+def run_once(pipeline, options: dict):
+    """One pipeline run, under the state folder's lock: first what killed runs left behind is cleared,
+    then the tracking server is asked whether it answers. A fault the user can fix (a full disk, the
+    tracking server gone) ends the run with one line instead of the step's traceback."""
+    import logging
+    import os
+
+    from zenml.client import Client
+
+    from mathllava.faults import OneLineFaults, explain, tracking_down
+    from mathllava.localserver import healthy
+    from mathllava.state import state_home
+    from mathllava_zenml.recovery import recover
+
+    for key, value in FAST_FAIL.items():  # MLflow's defaults retry a dead server for minutes
+        os.environ.setdefault(key, value)
+    uri = stack_tracking_uri()
+    if uri and uri.startswith("http") and not healthy(uri, timeout=5):
+        raise SystemExit(tracking_down(uri))
+    recovered = recover(state_home(ROOT), uri, pipeline.name)
+    for line in recovered.lines():
+        print(f"recovered: {line}")
+
+    def known(err: BaseException) -> str | None:
+        return explain(err, uri, healthy(uri) if uri and uri.startswith("http") else None)
+
+    quiet = OneLineFaults(known)
+    loggers = [logging.getLogger(name) for name in STEP_FAILURE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        run = pipeline.with_options(**options)()
+    except Exception as err:  # noqa: BLE001
+        line = known(err)
+        if line is None:
+            raise
+        raise SystemExit(line) from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+    return Client().get_pipeline_run(run.id)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
@@ -267,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="override a key of the config's parameters (repeatable): --set train.seed=1 "
                              "--set select.sampling.target_size=300; VALUE is read as YAML")
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for a pipeline run of the same state folder to end instead of exiting (code 75)")
     parser.add_argument("--no-schedule", action="store_true",
                         help="run once now, even if the config has a schedule: block")
     args = parser.parse_args(argv)
@@ -285,10 +347,16 @@ def main(argv: list[str] | None = None) -> dict:
         options["config_path"] = without_schedule(config)
     elif scheduled:
         return schedule(config, mathllava_training, options)
-    run = mathllava_training.with_options(**options)()
-    from zenml.client import Client
+    from mathllava.state import Busy, pipeline_lock
 
-    run = Client().get_pipeline_run(run.id)
+    try:
+        with pipeline_lock(wait=args.wait, what=f"python run.py --config {source}"):
+            run = run_once(mathllava_training, options)
+    except Busy as busy:
+        print(f"error: {busy}. This run did not start: a state folder takes one run at a time. Wait for that "
+              "one to end, run again with --wait (make run RUN_ARGS=--wait) to wait for it, or use another "
+              "MATHLLAVA_HOME.", file=sys.stderr)
+        raise SystemExit(BUSY) from None
     failed_run(run)
     info = summary(run, applied)
     record_overrides(run, applied, info["facts"].tracking_uri)

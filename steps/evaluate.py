@@ -24,8 +24,6 @@ def _score(name: str, problems: list[dict], responses: list[str], split: str, re
         entry["by_question_type"] = judged.groups["question_type"]
     report[split][name] = entry
     results[f"{split}/{name}"] = judged.predictions
-    log_metrics({f"{name}_accuracy": entry["accuracy"],
-                 **{f"{name}_task_{k}": v for k, v in entry["by_task"].items()}}, section=f"eval/{split}")
 
 
 @step
@@ -58,10 +56,20 @@ def evaluate_model(model_dir: Path, base_model: str, curated_dataset: pd.DataFra
         gc.collect()
     for split, problems in splits.items():
         _score("frequent", problems, frequent_answer_responses(train_problems, problems), split, report, results)
+    return report, results
+
+
+@step
+def log_evaluation(eval_report: dict, predictions: dict) -> None:
+    """The evaluation's scores, charts and predictions in the pipeline run's MLflow run."""
+    for split in [s for s in ("heldout", "mathv") if s in eval_report]:
+        for name in CONTENDERS:
+            entry = eval_report[split][name]
+            log_metrics({f"{name}_accuracy": entry["accuracy"],
+                         **{f"{name}_task_{k}": v for k, v in entry["by_task"].items()}}, section=f"eval/{split}")
         first, second = ("subject", "level") if split == "mathv" else ("task", "skill")
         for key, label in (("by_task", first), ("by_skill", second)):
-            log_figure(plots.accuracy_bars({n: report[split][n][key] for n in CONTENDERS},
+            log_figure(plots.accuracy_bars({n: eval_report[split][n][key] for n in CONTENDERS},
                                            f"{split}: accuracy by {label}"), f"evaluation/{split}_by_{label}.png")
-        log_dict(report[split]["model"]["scores"], f"evaluation/{split}_scores.json")
-    log_dict(results, "evaluation/predictions.json")
-    return report, results
+        log_dict(eval_report[split]["model"]["scores"], f"evaluation/{split}_scores.json")
+    log_dict(predictions, "evaluation/predictions.json")

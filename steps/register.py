@@ -10,7 +10,8 @@ from mathllava.data.ingest import manifest_digest
 from mathllava.registry.promotion import (PromotionConflict, PromotionSettings, RegisterSettings, alias_version,
                                          compare_with_champion,
                                          log_comparison, promote, registry_lock)
-from mathllava.registry.versions import gate, register_model_dir, set_alias
+from mathllava.registry.versions import (WEIGHTS_TAG, gate, identical_version, register_model_dir, set_alias,
+                                         tag_with_run, weights_digest)
 from mathllava.tracking import experiment_url, log_dict, log_metrics
 
 from mathllava.state import registry_lock_path
@@ -48,6 +49,19 @@ def register_model(model_dir: Path, curated_dataset: pd.DataFrame, eval_report: 
     if "mathv" in eval_report:
         tags["mathv_accuracy"] = eval_report["mathv"]["model"]["accuracy"]
     name = register_cfg.model_name
+    run_name = get_step_context().pipeline_run.name
+    weights = weights_digest(model_dir)
+    same = identical_version(name, weights)
+    if same is not None:  # e.g. an evaluation-only change: the training step came from the cache
+        tag_with_run(name, same, run_name, mlflow.active_run().info.run_id)
+        log_metrics({"gate_passed": float(result.passed), "new_version": 0.0}, section="registry")
+        return {"zenml_stages": {}, "model_name": name, "version": same, "alias": None, "identical_to": same,
+                "source": None, "gate": result.reasons, "promotion": None, "zenml_run_name": run_name,
+                "dataset_digest": digest, "tracking_uri": mlflow.get_tracking_uri(),
+                "mlflow_run_id": mlflow.active_run().info.run_id,
+                "mlflow_ui": experiment_url(mlflow.get_tracking_uri(), mlflow.active_run().info.experiment_id),
+                "environment": os.environ.get("MATHLLAVA_ENV", "local")}
+    tags[WEIGHTS_TAG] = weights
     version, source = register_model_dir(str(model_dir), name, tags, description="; ".join(result.reasons))
     alias = None
     if result.passed:

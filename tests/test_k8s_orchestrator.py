@@ -28,7 +28,7 @@ IMAGE = "mathllava-ops:local"
 MODEL = "mathllava-k8s-test"
 STEPS = {"generate_synthetic", "ingest_sources", "ingest_heldout", "ingest_scorer_labels", "validate_manifest",
          "clean_manifest", "select_images", "augment_questions", "export_training_data", "train_model",
-         "evaluate_model", "register_model"}
+         "evaluate_model", "log_evaluation", "register_model"}
 
 
 def local_image() -> Image:

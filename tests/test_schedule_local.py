@@ -111,7 +111,7 @@ def test_a_failing_run_reports_its_exit_code(tmp_path):
     from mathllava.localcron import run_locked
 
     log = tmp_path / "log"
-    assert run_locked([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "lock", log) == 3
+    assert run_locked([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "home", log) == 3
     text = log.read_text()
     assert "boom" in text and "end: exit code 3" in text
 

@@ -10,7 +10,6 @@ schedule uses too) and is checked before anything is installed."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shlex
@@ -22,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .schedule import validate_cron
-from .state import state_home
+from .state import LOCK_FD, Busy, pipeline_lock, state_home
 
 MARK = "mathllava-schedule:"
 BUSY = 75  # EX_TEMPFAIL: another run holds the lock; this one is skipped, not failed
@@ -120,31 +119,27 @@ def delete(name: str, crontab: str | Path | None = None) -> None:
     table.write()
 
 
-def run_locked(command: list[str], lock: Path, log: Path) -> int:
-    """Run `command` if no other scheduled run holds `lock`; append its output to `log`. Returns its
-    exit code, or BUSY when another run holds the lock."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
+def run_locked(command: list[str], home: Path, log: Path) -> int:
+    """Run `command` under the pipeline lock of state folder `home` unless another run holds it; append its
+    output to `log`. Returns its exit code, or BUSY when another run holds the lock. The command inherits
+    the lock, so the `make run` it starts does not wait for itself."""
     log.parent.mkdir(parents=True, exist_ok=True)
     stamp = lambda: datetime.now().isoformat(timespec="seconds")  # noqa: E731
-    with open(lock, "a+") as handle, open(log, "a", encoding="utf-8") as out:
+    with open(log, "a", encoding="utf-8") as out:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            out.write(f"{stamp()} skipped: a run is still going ({holder} holds {lock})\n")
+            with pipeline_lock(home, what="scheduled run"):
+                out.write(f"{stamp()} start: {' '.join(command)}\n")
+                out.flush()
+                start = time.monotonic()
+                # the run holds the lock too: if this process dies, the lock stays held until the run ends
+                fd = int(os.environ[LOCK_FD]) if LOCK_FD in os.environ else None
+                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                                      pass_fds=(fd,) if fd is not None else ()).returncode
+                out.write(f"{stamp()} end: exit code {code} after {time.monotonic() - start:.0f} s\n")
+                return code
+        except Busy as busy:
+            out.write(f"{stamp()} skipped: a run is still going ({busy.holder} holds {busy.lock})\n")
             return BUSY
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {stamp()}")
-        handle.flush()
-        out.write(f"{stamp()} start: {' '.join(command)}\n")
-        out.flush()
-        start = time.monotonic()
-        # the run holds the lock too: if this process dies, the lock stays held until the run ends
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, pass_fds=(handle.fileno(),)).returncode
-        out.write(f"{stamp()} end: exit code {code} after {time.monotonic() - start:.0f} s\n")
-        return code
 
 
 def run_scheduled(name: str, config: str | Path, workdir: str | Path) -> int:
@@ -152,4 +147,4 @@ def run_scheduled(name: str, config: str | Path, workdir: str | Path) -> int:
     (the same set-up as by hand), under the one lock of that state folder."""
     home = state_home(workdir)
     command = ["make", "-C", str(workdir), "run", f"CONFIG={config}", "RUN_ARGS=--no-schedule"]
-    return run_locked(command, home / "schedules" / "pipeline.lock", home / "schedules" / f"{name}.log")
+    return run_locked(command, home, home / "schedules" / f"{name}.log")

@@ -61,6 +61,9 @@ def promotion_lines(facts: RunFacts, config: str | None) -> tuple[str, str | Non
             command = promote_command(name, facts.tracking_uri, config)
             return f"{said}. v{version} is still challenger; to compare and promote it: {command}", command
         return said, None
+    if reg.get("identical_to"):
+        return (f"nothing new to compare: this run's weights are identical to v{version}'s, so no version was "
+                f"added; v{version} is tagged with this run (also_produced_by.{facts.run})", None)
     if reg.get("alias") is None:
         return ("not a candidate: the gate on the held-out split failed, so v" + str(version)
                 + " got no alias (register.gate)", None)
@@ -127,8 +130,10 @@ def summary_rows(facts: RunFacts, config: str | None = None) -> list[tuple[str, 
         if split in e:
             rows.append((SET_NAMES[split], f"{e[split].get('problems', '?')} problems, accuracy %: "
                          + _contenders(e[split])))
-    gate = "passed" if reg.get("alias") else "failed"
-    rows.append(("registered", f"{reg['model_name']} v{reg['version']}: gate {gate}; now "
+    gate = "gate passed" if reg.get("alias") else "gate failed"
+    if reg.get("identical_to"):
+        gate = "the same weights, not registered again"
+    rows.append(("registered", f"{reg['model_name']} v{reg['version']}: {gate}; now "
                  + (f"{', '.join(facts.aliases)} ({facts.stage})" if facts.aliases else facts.stage)))
     promotion, _ = promotion_lines(facts, config)
     rows.append(("promotion", promotion))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -48,16 +49,50 @@ def register_model_dir(model_dir: str, name: str, tags: dict[str, str], descript
     return version.version, source
 
 
+WEIGHTS_TAG = "weights_sha256"
+WEIGHT_FILES = (".safetensors", ".bin", ".pt")
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """sha256 over a model folder's weight files (names and bytes, in name order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_FILES)
+    if not files:
+        raise ValueError(f"{model_dir}: no weight files ({', '.join(WEIGHT_FILES)})")
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def identical_version(name: str, digest: str) -> str | None:
+    """The registered version of `name` whose weights have this digest (the oldest), or None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [int(v.version) for v in versions if (v.tags or {}).get(WEIGHTS_TAG) == digest]
+    return str(min(same)) if same else None
+
+
+def tag_with_run(name: str, version: str, run_name: str, run_id: str) -> None:
+    """Record that another pipeline run produced version `version`'s weights again."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, f"also_produced_by.{run_name}", run_id)
+    client.set_model_version_tag(name, version, "last_produced_by", run_name)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, version)
-
-
-def version_for_alias(name: str, alias: str) -> str | None:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias).version
-    except Exception:
-        return None

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..faults import as_disk_full
 from ..tracking import log_figure, log_metrics
 from .config import TrainSettings
 from .data import DataError, read_conversations
 from .encoded import ensure_encoded, file_digest
-from .trainer import COMPLETE, barrier, callbacks, single_process_env, trainer_classes, training_args
+from .trainer import COMPLETE, SAVING, barrier, callbacks, single_process_env, trainer_classes, training_args
 
 IDENTITY_IGNORED = {"launcher", "nproc_per_node", "dataloader_workers", "encode_workers", "cache_dir", "device",
                     "logging_steps"}
@@ -62,8 +63,12 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def remove_torn_checkpoints(ckpt_dir: Path) -> list[str]:
-    """Delete checkpoint folders without the COMPLETE marker (a run killed while saving)."""
+    """Delete checkpoint folders without the COMPLETE marker (a run killed while saving), and what a save
+    left in the staging folder."""
     removed = []
+    if (ckpt_dir / SAVING).is_dir():
+        removed += [f"{SAVING}/{p.name}" for p in (ckpt_dir / SAVING).iterdir()]
+        shutil.rmtree(ckpt_dir / SAVING, ignore_errors=True)
     for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
         if path.is_dir() and not (path / COMPLETE).exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -226,16 +231,24 @@ def run_training(base: str | Path, data: str | Path, image_root: str | Path, out
     staging = out / "model.saving"
     if args.process_index == 0:
         shutil.rmtree(staging, ignore_errors=True)
-    if settings.mode == "lora":
-        trainer.save_model(str(out / "adapter"))  # collective under ZeRO-3; written by rank 0
-    else:
-        trainer.save_model(str(staging))
+    try:
+        if settings.mode == "lora":
+            trainer.save_model(str(out / "adapter"))  # collective under ZeRO-3; written by rank 0
+        else:
+            trainer.save_model(str(staging))
+        if args.process_index == 0:
+            if settings.mode == "lora":
+                _merge_lora(base, out / "adapter", staging)
+            processor.save_pretrained(staging)
+    except Exception as err:  # noqa: BLE001 (tokenizers raises a bare Exception on a full disk)
+        shutil.rmtree(staging, ignore_errors=True)
+        full = as_disk_full(err, staging)
+        if full is not None:
+            raise full from err
+        raise
     history = [dict(h) for h in trainer.state.log_history]
     summary = {}
     if args.process_index == 0:
-        if settings.mode == "lora":
-            _merge_lora(base, out / "adapter", staging)
-        processor.save_pretrained(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         rate = timer.rate()

@@ -4,16 +4,20 @@ built from `TrainSettings`, and the process-group helpers."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
+from ..faults import as_disk_full
 from ..tracking import log_metrics
 from .config import TrainSettings
 from .data import normalize_pixels
 from .progress import StatusPoster, reporter
 
 COMPLETE = "COMPLETE"
+SAVING = ".saving"  # checkpoints are written here, then renamed into place
 
 
 def trainer_classes():
@@ -46,6 +50,44 @@ def trainer_classes():
         def __init__(self, *args, normalizer: dict, lengths=None, projector_lr: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.normalizer, self.lengths, self.projector_lr = normalizer, lengths, projector_lr
+
+        def _get_output_dir(self, trial):
+            staging = getattr(self, "_staging", None)
+            return str(staging) if staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            """Each rank writes its part of `checkpoint-N` into `<output_dir>/.saving/`; once all have, rank
+            0 renames the folder into place. A save that fails part-way leaves no `checkpoint-N` behind,
+            and a full disk is told as one error naming the folder and the space left."""
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+            real = Path(super()._get_output_dir(trial))
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self._staging = real / SAVING
+            if self.args.should_save:
+                shutil.rmtree(self._staging / name, ignore_errors=True)
+            barrier()  # no rank writes its part before rank 0 has cleared the staging folder
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as err:  # noqa: BLE001 (tokenizers raises a bare Exception on a full disk)
+                shutil.rmtree(self._staging / name, ignore_errors=True)
+                full = as_disk_full(err, self._staging / name)
+                if full is not None:
+                    raise full from err
+                raise
+            finally:
+                self._staging = None
+            barrier()
+            if self.args.should_save:
+                shutil.rmtree(real / name, ignore_errors=True)
+                os.replace(real / SAVING / name, real / name)
+                try:
+                    (real / SAVING).rmdir()
+                except OSError:
+                    pass
+                rotate_checkpoints(output_dir=str(real), save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            barrier()
 
         def _prepare_inputs(self, inputs):
             inputs = super()._prepare_inputs(inputs)
