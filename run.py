@@ -310,7 +310,7 @@ def run_once(pipeline, options: dict):
     try:
         run = pipeline.with_options(**options)()
     except Exception as err:  # noqa: BLE001
-        line = known(err)
+        line = known(err) or quiet.seen
         if line is None:
             raise
         raise SystemExit(line) from None

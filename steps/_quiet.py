@@ -9,6 +9,8 @@ NOISE = [  # (logger, start of the message)
     # ZenML's MLflow tracker tries to switch off autologging for every framework, fastai included (not installed)
     ("zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker",
      "Failed to disable MLflow autologging"),
+    # urllib3's retries of a tracking server that went away: the run ends with one line that says so
+    ("urllib3.connectionpool", "Retrying ("),
 ]
 WARNINGS = [  # message patterns
     r'Field name "(validate|register)" in "PipelineInput" shadows',   # the pipeline's parameter names

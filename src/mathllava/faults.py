@@ -103,9 +103,13 @@ class OneLineFaults(logging.Filter):
     def __init__(self, explain_error):
         super().__init__()
         self.explain_error = explain_error
+        self.seen: str | None = None  # the last line explained (the orchestrator may raise a summary error)
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if error is None and isinstance(record.args, tuple):
             error = next((a for a in record.args if isinstance(a, BaseException)), None)
-        return error is None or self.explain_error(error) is None
+        line = None if error is None else self.explain_error(error)
+        if line is not None:
+            self.seen = line
+        return line is None
