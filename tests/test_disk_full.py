@@ -102,3 +102,24 @@ def test_only_disk_faults_become_disk_full(tmp_path):
     assert isinstance(full, DiskFull) and full.folder == str(tmp_path / "x")
     assert as_disk_full(OSError(errno.EACCES, "denied"), tmp_path) is None
     assert explain(ValueError(f"bad {uuid.uuid4()}")) is None
+
+
+def test_a_tracking_error_is_one_line_only_while_the_server_is_down():
+    import logging
+
+    from mathllava.faults import OneLineFaults
+
+    uri = "http://127.0.0.1:5099"
+    refused = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=5099): Max retries exceeded")
+    step_error = RuntimeError("API request to endpoint /api/2.0/mlflow/experiments/get-by-name failed")
+    step_error.__context__ = refused
+    assert explain(step_error, uri, tracking_up=False).startswith(f"error: the MLflow tracking server at {uri} ")
+    assert explain(step_error, uri, tracking_up=True) is None  # some other server refused: the traceback says which
+    assert explain(ValueError("bad value"), uri, tracking_up=False) is None
+    quiet = OneLineFaults(lambda err: explain(err, uri, tracking_up=False))
+    failed = logging.LogRecord("zenml", logging.ERROR, __file__, 1, "Step %s failed.", ("evaluate",),
+                               (RuntimeError, step_error, None))
+    other = logging.LogRecord("zenml", logging.ERROR, __file__, 1, "Failed to run step `%s`: %s",
+                              ("x", ValueError("bad value")), None)
+    assert quiet.filter(failed) is False and quiet.seen.startswith("error: the MLflow tracking server")
+    assert quiet.filter(other) is True

@@ -22,8 +22,7 @@ def model_dir(tmp_path_factory):
 
     problems = get("mathv").load(MATHV_DIR)
     cfg = TinyModelConfig(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, text_hidden=48,
-                          text_layers=1, text_intermediate=96, vocab_size=400, seed=1,
-                          max_positions=4096)  # the few-shot extraction prompt is longer than 512 tokens
+                          text_layers=1, text_intermediate=96, vocab_size=400, seed=1)
     return init_tiny(tmp_path_factory.mktemp("tiny-model") / "tiny-llava", cfg,
                      [p["query"] for p in problems] + ["A B C D E 0 1 2 3"])
 

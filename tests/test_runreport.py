@@ -87,3 +87,13 @@ def test_a_cached_rerun_of_a_challenger_names_the_command():
     assert _text(facts)["promotion"].endswith("v2 is still challenger; to compare and promote it: mathllava registry "
                                               f"promote mathllava-tiny --config configs/local.yaml --tracking-uri {URI}")
     assert next_command(facts, "configs/local.yaml").startswith("mathllava registry promote mathllava-tiny")
+
+
+def test_identical_weights_say_no_version_was_added():
+    facts = _facts(None, alias=None)
+    facts.registration["identical_to"] = "2"
+    rows = _text(facts)
+    assert rows["registered"] == "mathllava-tiny v2: the same weights, not registered again; now champion (production)"
+    assert rows["promotion"] == ("nothing new to compare: this run's weights are identical to v2's, so no version was "
+                                 "added; v2 is tagged with this run (also_produced_by.r2)")
+    assert next_command(facts, "configs/local.yaml") is None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from mathllava.cli import main
@@ -128,3 +129,41 @@ def test_run_py_puts_a_scheduled_config_in_cron_on_the_local_orchestrator(tmp_pa
     (line,) = _lines(tab)
     assert line.startswith("15 2 * * MON-FRI ") and f"--workdir {ROOT}" in line and line.endswith("mathllava-schedule:nightly")
     assert "cron entry nightly" in capsys.readouterr().out
+
+
+def test_the_pipeline_lock_names_its_holder_and_passes_to_children_only(tmp_path):
+    from mathllava.state import LOCK_FD, Busy, pipeline_lock
+
+    home = tmp_path / "home"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from mathllava.state import pipeline_lock\n"
+        f"with pipeline_lock({str(home)!r}, what='make run'):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.readline()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy) as busy:
+            with pipeline_lock(home):
+                pass
+        assert busy.value.holder.startswith(f"pid {holder.pid} since ") and busy.value.holder.endswith(": make run")
+    finally:
+        holder.communicate("\n", timeout=60)
+    # free again once its holder is gone; a child given the descriptor runs under the parent's lock
+    with pipeline_lock(home, what="parent"):
+        fd = int(os.environ[LOCK_FD])
+        child = subprocess.run([sys.executable, "-c", (
+            "from mathllava.state import pipeline_lock\n"
+            f"with pipeline_lock({str(home)!r}):\n"
+            "    print('inside')\n")], capture_output=True, text=True, pass_fds=(fd,), timeout=60)
+        assert child.stdout.strip() == "inside", child.stderr
+        stranger = subprocess.run([sys.executable, "-c", (
+            "from mathllava.state import Busy, pipeline_lock\n"
+            "try:\n"
+            f"    with pipeline_lock({str(home)!r}):\n"
+            "        print('inside')\n"
+            "except Busy:\n"
+            "    print('busy')\n")], capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != LOCK_FD})
+        assert stranger.stdout.strip() == "busy"
+    assert LOCK_FD not in os.environ

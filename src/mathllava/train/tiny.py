@@ -42,7 +42,7 @@ class TinyModelConfig(BaseModel):
     text_intermediate: int = 256
     text_kv_heads: int | None = None         # None: text_heads (no grouped-query attention)
     vocab_size: int = 2000
-    max_positions: int = 512
+    max_positions: int = 4096  # as LLaVA-1.5: room for benchmark prompts (Math-V, few-shot extraction)
     seed: int = 0
 
 
