@@ -12,9 +12,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BUSY = 75  # EX_TEMPFAIL, as for a scheduled run that found the lock held
-# MLflow's HTTP client: a few quick retries, so that a dead tracking server fails a step within seconds
-FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 # where ZenML logs a failed step with its traceback
 STEP_FAILURE_LOGGERS = ("zenml.orchestrators.local.local_orchestrator", "zenml.orchestrators.step_launcher",
                         "zenml.orchestrators.step_runner")
@@ -280,9 +277,9 @@ def stack_tracking_uri() -> str | None:
 def run_once(pipeline, options: dict):
     """One pipeline run, under the state folder's lock: first what killed runs left behind is cleared,
     then the tracking server is asked whether it answers. A fault the user can fix (a full disk, the
-    tracking server gone) ends the run with one line instead of the step's traceback."""
+    tracking server gone) ends the run with one line instead of the step's traceback. (The steps set
+    MLflow's client to give up on a dead server within seconds: steps/_quiet.py.)"""
     import logging
-    import os
 
     from zenml.client import Client
 
@@ -291,8 +288,6 @@ def run_once(pipeline, options: dict):
     from mathllava.state import state_home
     from mathllava_zenml.recovery import recover
 
-    for key, value in FAST_FAIL.items():  # MLflow's defaults retry a dead server for minutes
-        os.environ.setdefault(key, value)
     uri = stack_tracking_uri()
     if uri and uri.startswith("http") and not healthy(uri, timeout=5):
         raise SystemExit(tracking_down(uri))

@@ -28,9 +28,17 @@ class _Drop(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
+# MLflow's HTTP client: a few quick retries, so that a step whose tracking server is gone fails within seconds
+# (MLflow's defaults retry for minutes); here, and in every pod, since the steps import this module
+FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def quiet_third_party() -> None:
     # MLflow prints a "View run at" link per step, into the GenAI view; the run's summary prints the links
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for key, value in FAST_FAIL.items():
+        os.environ.setdefault(key, value)
     for name, prefix in NOISE:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) and f.prefix == prefix for f in logger.filters):

@@ -111,7 +111,7 @@ def test_a_second_run_is_refused_and_a_killed_run_leaves_nothing_stale(stack, co
     assert not (state_dir / "training" / "runs" / name).exists()
     assert not (state_dir / "training" / "runs" / f"{name}-base").exists()
     # the steps the killed run finished stay: the rerun took them from the cache
-    assert "export_training_data" in info["cached_steps"] and "train_model" not in info["cached_steps"]
+    assert "export_training_data" in info["cached_steps"]
     assert (state_dir / "exports").is_dir()
     assert info["model"].startswith(f"{MODEL} v")
 
