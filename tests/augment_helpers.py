@@ -90,6 +90,7 @@ class ScriptedServer:
         self.hold_after: int | None = None
         self.abandon = False
         self.held = 0
+        self.dropped = 0   # held requests dropped unanswered after release() with abandon set
         self._release = threading.Event()
         self.lock = threading.Lock()
         server = self
@@ -149,6 +150,8 @@ class ScriptedServer:
         if hold:
             self._release.wait()
             if self.abandon:
+                with self.lock:
+                    self.dropped += 1
                 handler.close_connection = True
                 return
         if status == 200 and self.api_key and handler.headers.get("Authorization") != f"Bearer {self.api_key}":

@@ -166,9 +166,9 @@ def test_crash_drill_no_request_is_asked_twice(source, tmp_path):
         server.hold_after = 7                      # from the 8th request on, the server keeps them waiting
         proc = subprocess.Popen(args, env=env)
         cache = tmp_path / "cache"
-        deadline = time.monotonic() + 120
+        hang_guard = time.monotonic() + 1800   # waits for events; the bound only turns a hang into a failure
         while not (len(server.answered) == 7 and server.held == 3 and len(list(cache.rglob("*.json"))) == 7):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach the held requests"
+            assert proc.poll() is None and time.monotonic() < hang_guard, "the run did not reach the held requests"
             time.sleep(0.05)
         in_flight = server.held                    # one per worker (concurrency 3)
         os.kill(proc.pid, signal.SIGKILL)          # mid-run: 7 replies stored, `in_flight` requests waiting
@@ -176,7 +176,9 @@ def test_crash_drill_no_request_is_asked_twice(source, tmp_path):
         assert not (tmp_path / "out.json").exists()
         server.abandon = True
         server.release()                           # the waiting requests are dropped unanswered
-        time.sleep(0.2)
+        while server.dropped < in_flight:          # every held handler has woken and dropped its request
+            assert time.monotonic() < hang_guard, "the held requests were never dropped"
+            time.sleep(0.05)
         server.hold_after, server.abandon = None, False
         subprocess.run(args, env=env, check=True, timeout=300)
         received, answered = Counter(server.received), Counter(server.answered)
