@@ -139,7 +139,7 @@ def make_namespace(kube, name: str) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", name.lower())[:40].strip("-") + "-" + os.urandom(2).hex()
     core = client.CoreV1Api(kube.api)
     core.create_namespace({"metadata": {"name": name}})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while not any(s.metadata.name == "default" and s.secrets for s in core.list_namespaced_service_account(name).items):
         assert time.monotonic() < deadline, "the controller manager made no default service account"
         time.sleep(0.1)

@@ -26,8 +26,8 @@ def _browse(url: str, screenshot: str) -> str:
              f"--user-data-dir={profile}", "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw",
              "--window-size=1400,1000"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([*flags, f"--screenshot={ARTIFACTS / screenshot}", url], capture_output=True, timeout=120)
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([*flags, f"--screenshot={ARTIFACTS / screenshot}", url], capture_output=True, timeout=600)
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=600).stdout
     dom = re.sub(r"<style.*?</style>|<script.*?</script>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)).replace("&nbsp;", " ")
 
@@ -139,7 +139,7 @@ def test_the_zenml_dashboard_opens_on_the_pipeline_runs_and_stops_for_good(tmp_p
         assert pids
     finally:
         down = subprocess.run([sys.executable, "-m", "stacks.dashboard", "down"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=600)
     assert down.returncode == 0 and "stopped: ZenML server" in down.stdout
     for pid in pids:
         with pytest.raises(ProcessLookupError):

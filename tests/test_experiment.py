@@ -237,5 +237,5 @@ def test_a_killed_experiment_reruns_only_the_missing_cells(tmp_path):
         assert not client.get_registered_model("mathllava-recipe-test").aliases   # no challenger was set
     wrong = subprocess.run([sys.executable, "-m", "mathllava.cli", "experiment", "promote", "--config",
                             str(TEST_CONFIG), "--out", str(out), "--tracking-uri", uri, "--cell", "rationales/seed-7"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert wrong.returncode == 2 and "no cell 'rationales/seed-7'" in wrong.stderr

@@ -41,7 +41,7 @@ def _kubectl() -> Path:
 @functools.cache
 def _render(path: str) -> tuple:
     result = subprocess.run([str(_kubectl()), "kustomize", str(INFRA / path)], capture_output=True, text=True,
-                            check=False, timeout=60)
+                            check=False, timeout=600)
     if result.returncode:
         pytest.fail(f"kubectl kustomize infra/{path} failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)

@@ -100,7 +100,7 @@ def test_failing_pod_fails_its_job_with_the_exit_code_and_unknown_images_wait(ku
     job = _job("nope", "pass")
     job["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/nowhere:1"
     batch.create_namespaced_job(namespace, job)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while time.monotonic() < deadline:
         pods = core.list_namespaced_pod(namespace, label_selector="job-name=nope").items
         waiting = pods and pods[0].status.container_statuses and pods[0].status.container_statuses[0].state.waiting
@@ -110,12 +110,12 @@ def test_failing_pod_fails_its_job_with_the_exit_code_and_unknown_images_wait(ku
     assert waiting and waiting.reason == "ErrImagePull" and pods[0].status.phase == "Pending"
     # deleting a running pod's Job stops its process (the garbage collector deletes the pod)
     batch.create_namespaced_job(namespace, _job("sleeper", "import time; time.sleep(600)"))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while not any(p.process and p.exit_code is None for p in kubelet.pods.values() if p.namespace == namespace):
         assert time.monotonic() < deadline, "the sleeper never started"
         time.sleep(0.3)
     batch.delete_namespaced_job("sleeper", namespace, propagation_policy="Foreground")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while any(p.exit_code is None and p.process for p in kubelet.pods.values() if p.namespace == namespace):
         assert time.monotonic() < deadline, "the sleeper's process was not stopped"
         time.sleep(0.3)

@@ -245,7 +245,7 @@ class Operator:
         self.namespace, self.kind = namespace, kind
         self.group, self.version, self.plural, _ = TRAINJOB if kind == "trainjob" else PYTORCHJOB
 
-    def job(self, timeout=30):
+    def job(self, timeout=600):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             items = self.custom.list_namespaced_custom_object(self.group, self.version, self.namespace,
@@ -277,7 +277,7 @@ class Operator:
             "metadata": {"name": f"{name}-node-0-0", "labels": {OPERATOR_POD_LABEL[self.kind]: name},
                          "annotations": {"fake-kubelet/exit-code": str(exit_code)}},
             "spec": {"containers": [{"name": "node", "image": "registry.local/mathllava-ops:test"}]}})
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
         while self.core.read_namespaced_pod(pod.metadata.name, self.namespace).status.phase not in ("Succeeded", "Failed"):
             assert time.monotonic() < deadline, "the fake kubelet did not finish the pod"
             time.sleep(0.05)
@@ -411,7 +411,7 @@ def _namespaced_user(kube, namespace, tmp_path):
         "metadata": {"name": role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                                 "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "launcher", "namespace": namespace}]})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while not (secrets := core.read_namespaced_service_account("launcher", namespace).secrets):
         assert time.monotonic() < deadline, "the controller manager made no token for the service account"
         time.sleep(0.1)
@@ -481,7 +481,7 @@ def test_wait_follows_the_job_to_success_and_cleans_up(cluster, request, tmp_pat
         operator.trainer_status(name, 45, 120, {"loss": "0.1500", "learning_rate": "2e-05", "epoch": "0.90"})
     operator.pod(name)
     operator.condition(name, "Complete" if kind == "trainjob" else "Succeeded", "JobSucceeded", "all nodes finished")
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     out, err = capsys.readouterr()
     assert result.get("rc") == 0, err
     kind_name = ("TrainJob/" if kind == "trainjob" else "PyTorchJob/") + name
@@ -505,7 +505,7 @@ def test_failure_exits_1_with_the_jobs_reason_and_keeps_the_job(kube, kubelet, n
     name = operator.job()["metadata"]["name"]
     operator.pod(name, exit_code=3)
     operator.condition(name, "Failed", "JobSetFailed", "jobset failed: trainer-node-0 exited with code 3")
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     out, err = capsys.readouterr()
     assert result.get("rc") == 1
     assert "JobSetFailed: jobset failed: trainer-node-0 exited with code 3" in err
@@ -531,7 +531,7 @@ def test_cleanup_policy_on_failure(kube, namespace, tmp_path, capsys, policy, ex
     operator = Operator(kube, namespace, "pytorchjob")
     name = operator.job()["metadata"]["name"]
     operator.condition(name, "Failed", "BackoffLimitExceeded", "master-0 failed")
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     assert result.get("rc") == 1 and "BackoffLimitExceeded: master-0 failed" in capsys.readouterr().err
     assert operator.exists(name) is exists_after
 
@@ -568,7 +568,7 @@ def test_a_job_deleted_while_waiting_fails_the_wait(kube, namespace, tmp_path, c
     operator = Operator(kube, namespace, "trainjob")
     name = operator.job()["metadata"]["name"]
     client.CustomObjectsApi(kube.api).delete_namespaced_custom_object(*TRAINJOB[:2], namespace, TRAINJOB[2], name)
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     assert result.get("rc") == 1 and f"TrainJob/{name} was deleted before it finished" in capsys.readouterr().err
 
 

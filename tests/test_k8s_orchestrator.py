@@ -87,7 +87,7 @@ def cluster(kube, state_dir, tmp_path_factory):
     core = client.CoreV1Api(kube.api)
     namespace = f"mathllava-{os.urandom(3).hex()}"
     core.create_namespace({"metadata": {"name": namespace}})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # a hang guard: the loop waits for an event
     while not any(s.metadata.name == "default" and s.secrets for s in core.list_namespaced_service_account(namespace).items):
         assert time.monotonic() < deadline, "the controller manager made no default service account"
         time.sleep(0.1)

@@ -80,7 +80,7 @@ def _run_node_script(kube, namespace, kind, workdir):
     from kubernetes import client
 
     operator = Operator(kube, namespace, kind)
-    job = operator.job(timeout=60)
+    job = operator.job(timeout=600)
     name = job["metadata"]["name"]
     config_map = client.CoreV1Api(kube.api).read_namespaced_config_map(f"{name}-config", namespace)
     (workdir / "etc").mkdir()
@@ -133,12 +133,12 @@ def test_the_train_step_trains_through_a_trainjob_and_returns_the_model(kube, na
         result = train(base, small_dataset, small_dataset.parent / "images", tmp_path / "step-out", settings,
                        cluster=launch)
     except Exception as err:
-        thread.join(timeout=30)
+        thread.join(timeout=600)
         log = (tmp_path / "node.log").read_text()[-3000:] if (tmp_path / "node.log").exists() else "(no node log)"
         raise AssertionError(f"{err}\n--- the node's output:\n{log}") from err
     finally:
         mlflow.set_tracking_uri(before)
-    thread.join(timeout=30)
+    thread.join(timeout=600)
     assert box["done"].returncode == 0, (tmp_path / "node.log").read_text()[-3000:]
     name = box["name"]
     assert result.model_dir == shared / "runs" / name / "model"

@@ -97,7 +97,7 @@ def test_a_second_run_is_refused_and_a_killed_run_leaves_nothing_stale(stack, co
     assert f"pid {killed.pid} " in said and "--wait" in said
 
     os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait(timeout=60)
+    killed.wait(timeout=600)
     assert Client().get_pipeline_run(name).status.value == "running"  # what a kill leaves
     assert [r.info.status for r in mlflow_runs(stack, name)] == ["RUNNING"]
 

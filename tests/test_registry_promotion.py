@@ -227,7 +227,7 @@ def test_a_stopped_server_fails_in_seconds_in_one_line_naming_the_address_and_it
     env["MLFLOW_PORT"] = str(port)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "mathllava.cli", "registry", action, "some-model"], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
     assert time.monotonic() - started < 10
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
@@ -235,7 +235,7 @@ def test_a_stopped_server_fails_in_seconds_in_one_line_naming_the_address_and_it
     assert f"no MLflow tracking server answers at http://127.0.0.1:{port} (set by MLFLOW_PORT)" in lines[0]
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
     done = subprocess.run([sys.executable, "-m", "mathllava.cli", "registry", action, "some-model"], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
     assert "(set by MLFLOW_TRACKING_URI)" in done.stderr and done.returncode == 2
 
 

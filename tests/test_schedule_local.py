@@ -15,11 +15,13 @@ from mathllava.cli import main
 from mathllava.localcron import BUSY
 
 
-def _project(tmp_path, seconds=0.0):
-    """A project folder whose `make run` records each run (the scheduled command calls `make run`)."""
+def _project(tmp_path, hold=False):
+    """A project folder whose `make run` records each run (the scheduled command calls `make run`); with
+    `hold`, a run waits until the file `release` exists in the folder."""
     work = tmp_path / "my project"   # a space: the cron line must quote its paths
     work.mkdir()
-    (work / "Makefile").write_text(f"run:\n\tsleep {seconds}\n\techo \"$(CONFIG) $(RUN_ARGS)\" >> runs.txt\n")
+    wait = "\twhile [ ! -e release ]; do sleep 0.05; done\n" if hold else ""
+    (work / "Makefile").write_text(f"run:\n{wait}\techo \"$(CONFIG) $(RUN_ARGS)\" >> runs.txt\n")
     config = work / "nightly.yaml"
     config.write_text(yaml.safe_dump({"schedule": {"cron_expression": "15 2 * * MON-FRI", "name": "nightly"},
                                       "parameters": {}}))
@@ -82,7 +84,7 @@ def test_a_bad_cron_or_config_installs_nothing(tmp_path, capsys):
 def test_the_installed_command_runs_the_pipeline_under_a_lock(tmp_path, monkeypatch):
     """Two runs at once: the second is refused by the lock and logged; the first runs to its end. The entry
     carries the state folder and tracking port it was created with (cron starts with an empty environment)."""
-    work, config = _project(tmp_path, seconds=3)
+    work, config = _project(tmp_path, hold=True)
     tab = tmp_path / "crontab"
     monkeypatch.setenv("MATHLLAVA_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_PORT", "5123")
@@ -93,18 +95,19 @@ def test_the_installed_command_runs_the_pipeline_under_a_lock(tmp_path, monkeypa
     env = {k: v for k, v in os.environ.items() if k not in ("MATHLLAVA_HOME", "MLFLOW_PORT")}   # as cron's
     first = subprocess.Popen(["bash", "-c", command], env=env)
     lock = tmp_path / "home" / "schedules" / "pipeline.lock"
-    deadline = time.monotonic() + 30
+    hang_guard = time.monotonic() + 600
     while not (lock.exists() and lock.read_text().startswith("pid")):
-        assert time.monotonic() < deadline and first.poll() is None
+        assert time.monotonic() < hang_guard and first.poll() is None
         time.sleep(0.05)
-    second = subprocess.run(["bash", "-c", command], env=env, timeout=60)
+    second = subprocess.run(["bash", "-c", command], env=env, timeout=600)
     assert second.returncode == BUSY
-    assert first.wait(timeout=60) == 0
+    (work / "release").touch()   # the first run goes on only now: no race with a slow second start
+    assert first.wait(timeout=600) == 0
     assert (work / "runs.txt").read_text().splitlines() == [f"{config} --no-schedule"]  # one run, not two
     log = (tmp_path / "home" / "schedules" / "nightly.log").read_text()
     assert "skipped: a run is still going (pid" in log and "end: exit code 0" in log
     # the lock is free again once the run is over
-    assert subprocess.run(["bash", "-c", command], env=env, timeout=60).returncode == 0
+    assert subprocess.run(["bash", "-c", command], env=env, timeout=600).returncode == 0
     assert len((work / "runs.txt").read_text().splitlines()) == 2
 
 
@@ -148,14 +151,14 @@ def test_the_pipeline_lock_names_its_holder_and_passes_to_children_only(tmp_path
                 pass
         assert busy.value.holder.startswith(f"pid {holder.pid} since ") and busy.value.holder.endswith(": make run")
     finally:
-        holder.communicate("\n", timeout=60)
+        holder.communicate("\n", timeout=600)
     # free again once its holder is gone; a child given the descriptor runs under the parent's lock
     with pipeline_lock(home, what="parent"):
         fd = int(os.environ[LOCK_FD])
         child = subprocess.run([sys.executable, "-c", (
             "from mathllava.state import pipeline_lock\n"
             f"with pipeline_lock({str(home)!r}):\n"
-            "    print('inside')\n")], capture_output=True, text=True, pass_fds=(fd,), timeout=60)
+            "    print('inside')\n")], capture_output=True, text=True, pass_fds=(fd,), timeout=600)
         assert child.stdout.strip() == "inside", child.stderr
         stranger = subprocess.run([sys.executable, "-c", (
             "from mathllava.state import Busy, pipeline_lock\n"

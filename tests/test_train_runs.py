@@ -185,7 +185,7 @@ def test_sigkill_then_resume_reaches_the_same_final_step_and_weights(grouped, ba
     proc = subprocess.Popen([sys.executable, "-m", "mathllava.train", *args, "--out", str(killed)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoints" / "checkpoint-10" / "COMPLETE"
-    deadline = time.time() + 300
+    deadline = time.time() + 1800  # a hang guard: the loop waits for the checkpoint marker
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
