@@ -191,7 +191,7 @@ def test_config_errors_name_the_key_before_any_step_runs(tmp_path, edit, message
 
 @pytest.mark.parametrize("text, message", [
     (None, r"^error: \S+/nope\.yaml: no such config file$"),
-    ("parameters:\n  train: {epochs: [3\n", r"^error: \S+/nope\.yaml: line 3: not valid YAML: .*on line 2\)$"),
+    ("parameters:\n  train: {epochs: [3\n", r"^error: \S+/nope\.yaml: line 3, column 1: not valid YAML: .*on line 2\)$"),
     ("- a\n- b\n", r"^error: \S+/nope\.yaml: expected a mapping of keys at the top level, found list$"),
     (b"\xff\xfeparameters: {}", r"^error: \S+/nope\.yaml: not a UTF-8 text file$"),
 ])

@@ -90,7 +90,7 @@ def test_a_bad_experiment_config_names_the_file_and_key(tmp_path, changes, messa
 def test_a_yaml_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nseeds: [0, 1\nreference: random\n")
-    with pytest.raises(ValueError, match=r"broken.yaml: line \d+: not valid YAML"):
+    with pytest.raises(ValueError, match=r"broken.yaml: line \d+, column \d+: not valid YAML"):
         load(path)
 
 

@@ -23,7 +23,7 @@ def describe_error(err: ValidationError, prefix: str) -> str:
 
 def read_yaml(path, what: str = "config file") -> dict:
     """A YAML mapping from `path`, or a ValueError in one line that names the file (and the line of a
-    syntax error): `configs/x.yaml: no such config file`, `configs/x.yaml: line 4: not valid YAML: ...`."""
+    syntax error): `configs/x.yaml: no such config file`, `configs/x.yaml: line 4, column 9: not valid YAML: ...`."""
     from pathlib import Path
 
     import yaml
@@ -37,7 +37,7 @@ def read_yaml(path, what: str = "config file") -> dict:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as err:
         mark, opened = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
-        where = f" line {mark.line + 1}:" if mark is not None else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         if opened is not None and mark is not None and opened.line != mark.line:
             problem += f" ({getattr(err, 'context', None) or 'started'} on line {opened.line + 1})"
