@@ -26,7 +26,7 @@ SET ?=
 # the real Kubernetes control plane of the cluster tests: built once per machine, outside the clone
 K8S_LOCAL ?= $(CURDIR)/../shared/k8s-local
 
-.PHONY: run test test-fast k8s-local bootstrap ablation eval serve bench bench-train mlflow-stop dashboard dashboard-stop clean
+.PHONY: run test test-fast mutation k8s-local bootstrap ablation eval serve bench bench-train mlflow-stop dashboard dashboard-stop clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ k8s-local:
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
+
+# mutation testing (mutmut 3): each module of scripts/mutation.py's MODULES against its fast tests, in a
+# scratch copy under build/mutation/; prints each module's score and the mutants that survived.
+# One module: make mutation MODULES=src/mathllava/augment/cache.py
+MODULES ?=
+mutation: $(VENV)/.installed
+	$(PY) scripts/mutation.py $(MODULES) $(MUTATION_ARGS)
 
 # Math-V testmini for the model `make run` trained, scored with Math-V's own rules, logged to MLflow.
 MODEL_DIR ?= $(MATHLLAVA_HOME)/training/latest/model
