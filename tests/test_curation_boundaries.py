@@ -109,3 +109,29 @@ def test_pixel_cap_refuses_a_bomb_before_decoding(tmp_path, monkeypatch):
     assert (refused.width, refused.height) == (2000, 2000) and refused.sha256   # header read, file hashed
     allowed = probe_image(bomb, ImageLimits(max_pixels=4_000_000))   # at the cap: decoded (the spy sees it)
     assert allowed.ok and allowed.phash and decoded and decoded[0] == (2000, 2000)
+
+
+@pytest.mark.parametrize("rel, message", [
+    ("", "empty image path"),
+    ("   ", "empty image path"),
+    (None, "empty image path"),
+    ("a\x00b.png", "image path contains a NUL byte"),
+    ("/etc/passwd", "absolute image path '/etc/passwd'"),
+    ("C:\\data\\a.png", "absolute image path 'C:\\\\data\\\\a.png'"),
+    ("a/../../b.png", "image path 'a/../../b.png' escapes the image root"),
+    ("..\\..\\etc\\passwd", "image path '..\\\\..\\\\etc\\\\passwd' escapes the image root"),
+])
+def test_each_unsafe_image_path_is_refused_with_its_own_reason(tmp_path, rel, message):
+    """Quarantine reasons say what was wrong; Windows-style separators are read as separators."""
+    from mathllava.paths import UnsafePathError, resolve_image_path
+
+    with pytest.raises(UnsafePathError) as err:
+        resolve_image_path(tmp_path, rel)
+    assert str(err.value) == message
+
+
+def test_a_windows_style_relative_path_resolves_inside_the_root(tmp_path):
+    """`sub\\a.png` from a dataset written on Windows names the file sub/a.png under the root."""
+    from mathllava.paths import resolve_image_path
+
+    assert resolve_image_path(tmp_path, "sub\\a.png") == (tmp_path / "sub" / "a.png").resolve()

@@ -247,7 +247,7 @@ def test_zenml_stages_follow_every_promote_and_rollback(server, tiny_models, tmp
     from mathllava.cli import main
     from mathllava_zenml.stages import mirror
 
-    name, lock, client = "stage-flow", tmp_path / "lock", Client()
+    name, lock, client = f"stage-flow-{os.urandom(3).hex()}", tmp_path / "lock", Client()  # rerunnable in one state folder
     client.create_model(name=name)
 
     def link(version):
