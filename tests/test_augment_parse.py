@@ -169,3 +169,56 @@ def test_settings_refuse_a_literal_key_and_name_the_path(monkeypatch):
     assert "sk-from-env" not in json.dumps(cfg.model_dump())
     paper = AugmentSettings().per_seed                     # the paper's ratio: 40K seeds -> 320K new pairs
     assert 40_000 * sum(paper.count(g) for g in ("askimg", "compq", "rephq", "simpq")) == 320_000
+
+
+def _items(*questions):
+    return json.dumps({"questions": list(questions)})
+
+
+_Q = {"question": "How many bars?", "answer": "3"}
+
+
+@pytest.mark.parametrize("reply, message", [
+    ("", "empty: empty reply"),
+    ("   \n", "empty: empty reply"),
+    ("```json\n{}\n```\n```json\n{}\n```", "not_json: more than one fenced block"),
+    ("[1, 2", "not_json: Expecting ',' delimiter: line 1 column 6 (char 5)"),
+    ("[1, 2]", 'bad_schema: expected an object with a "questions" list'),
+    ('{"questions": {}}', 'bad_schema: expected an object with a "questions" list'),
+    ('{"questions": []}', "bad_schema: no questions"),
+    (_items("just text"), "bad_schema: questions[0] must be an object"),
+    (_items(_Q, {"answer": "3"}), "bad_schema: questions[1].question must be a string"),
+    (_items({"question": "  ", "answer": "3"}), "bad_schema: questions[0].question is empty"),
+    (_items({"question": "Q?", "answer": True}), "bad_schema: questions[0].answer must be a string"),
+    (_items({**_Q, "choices": ["only"]}), "bad_schema: questions[0].choices must be a list of 2 to 26 options or null"),
+    (_items({**_Q, "choices": [str(i) for i in range(27)]}),
+     "bad_schema: questions[0].choices must be a list of 2 to 26 options or null"),
+    (_items({**_Q, "choices": "A, B"}), "bad_schema: questions[0].choices must be a list of 2 to 26 options or null"),
+    (_items({**_Q, "choices": ["1", None]}), "bad_schema: questions[0].choices must be a string"),
+    (_items({**_Q, "choices": ["1", " 1 "]}), "bad_schema: questions[0].choices repeat an option"),
+    (_items({**_Q, "answer_type": "number"}),
+     "bad_schema: questions[0].answer_type must be one of ('integer', 'float', 'text')"),
+])
+def test_a_malformed_item_reply_names_what_is_wrong(reply, message):
+    """The drop report shows the detail: which question, which field, which rule."""
+    with pytest.raises(parse.Malformed) as err:
+        parse.parse_items(reply, 4)
+    assert str(err.value) == message
+    assert err.value.reason == message.split(":")[0] and err.value.detail == message.split(": ", 1)[1]
+
+
+def test_choices_from_two_to_twenty_six_are_accepted():
+    """The bounds of a multiple-choice question: 2 and 26 options (A to Z) are fine."""
+    for count in (2, 26):
+        items = parse.parse_items(_items({**_Q, "choices": [f"option {i}" for i in range(count)]}), 1)
+        assert len(items[0]["choices"]) == count
+
+
+@pytest.mark.parametrize("reply, message", [
+    (_items("Q one?", ""), "bad_schema: questions[1] is empty"),
+    (_items("Q one?", ["list"]), "bad_schema: questions[1] must be a string"),
+])
+def test_a_malformed_text_reply_names_the_question(reply, message):
+    with pytest.raises(parse.Malformed) as err:
+        parse.parse_texts(reply, 4)
+    assert str(err.value) == message
