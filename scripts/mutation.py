@@ -42,7 +42,8 @@ MODULES: dict[str, list[str]] = {
     "src/mathllava/evaluation/mathvista.py": ["tests/test_mathvista.py"],
     "src/mathllava/registry/promotion.py": ["tests/test_registry_promotion.py", "tests/test_model_boundaries.py"],
     "src/mathllava/registry/versions.py": ["tests/test_registry_promotion.py", "tests/test_model_boundaries.py"],
-    "src/mathllava/augment/cache.py": ["tests/test_fault_boundaries.py", "tests/test_augment_endpoint.py"],
+    "src/mathllava/augment/cache.py": ["tests/test_augment_cache.py", "tests/test_fault_boundaries.py",
+                                       "tests/test_augment_endpoint.py"],
     "src/mathllava/augment/parse.py": ["tests/test_augment_parse.py"],
     # its other tests need the local API server, which each mutant's run would start again
     "src/mathllava/k8s/launcher.py": ["tests/test_fault_boundaries.py"],
