@@ -51,7 +51,7 @@ MODULES: dict[str, list[str]] = {
     "src/mathllava/localcron.py": ["tests/test_schedule_local.py"],
 }
 PYTEST_ARGS = ["-m", "not slow", "-p", "no:cacheprovider"]
-ALSO_COPY = ["configs", "run.py", "pipelines", "steps", "stacks"]   # what tests reach through ROOT (mutants/ is their ROOT)
+ALSO_COPY = ["configs", "run.py", "pipelines", "steps", "stacks", "Makefile"]   # what tests reach through ROOT (mutants/ is their ROOT)
 
 KILLED = {"killed", "timeout", "caught by type check"}
 

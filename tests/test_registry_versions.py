@@ -93,6 +93,7 @@ def test_register_identical_and_tag(tracking, tmp_path):
     with pytest.raises(RuntimeError, match="needs an active MLflow run"):
         register_model_dir(str(_model(tmp_path / "m")), name, {})
     digest = weights_digest(_model(tmp_path / "m"))
+    mlflow.set_experiment(name)   # this server's own experiment, whatever an earlier test left active
     with mlflow.start_run() as run:
         first, source = register_model_dir(str(tmp_path / "m"), name, {WEIGHTS_TAG: digest, "accuracy": 12.5},
                                            description="gate passed")
