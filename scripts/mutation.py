@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # module -> the fast tests that cover it (no cluster, no training, no `slow` mark)
 MODULES: dict[str, list[str]] = {
     "src/mathllava/paths.py": ["tests/test_curation_boundaries.py", "tests/test_data.py"],
-    "src/mathllava/data/jsonstream.py": ["tests/test_readers.py", "tests/test_curation_boundaries.py"],
+    "src/mathllava/data/jsonstream.py": ["tests/test_readers.py", "tests/test_curation_boundaries.py",
+                                         "tests/test_ingest_formats.py"],
     "src/mathllava/data/sources.py": ["tests/test_curation.py", "tests/test_curation_boundaries.py",
-                                      "tests/test_readers.py"],
+                                      "tests/test_readers.py", "tests/test_ingest_formats.py"],
     "src/mathllava/data/clean.py": ["tests/test_clean.py", "tests/test_curation_boundaries.py"],
     "src/mathllava/data/ingest.py": ["tests/test_data.py", "tests/test_readers.py", "tests/test_curation_boundaries.py"],
     "src/mathllava/train/data.py": ["tests/test_train_data.py", "tests/test_model_boundaries.py"],
@@ -51,7 +52,7 @@ MODULES: dict[str, list[str]] = {
     "src/mathllava/localcron.py": ["tests/test_schedule_local.py"],
 }
 PYTEST_ARGS = ["-m", "not slow", "-p", "no:cacheprovider"]
-ALSO_COPY = ["configs", "run.py", "pipelines", "steps", "stacks", "Makefile"]   # what tests reach through ROOT (mutants/ is their ROOT)
+ALSO_COPY = ["configs", "run.py", "pipelines", "steps", "stacks", "Makefile", "README.md"]   # what tests reach through ROOT (mutants/ is their ROOT)
 
 KILLED = {"killed", "timeout", "caught by type check"}
 

@@ -47,8 +47,8 @@ def lines(path: Path, limit: int | None = None) -> Iterator[tuple[int, bytes, bo
             if first and chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM):]
             first = False
-            try:
-                decoder.decode(chunk)
+            try:  # a whole line or the file's end: no character may be left cut (a cut last line)
+                decoder.decode(chunk, final=whole)
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, lineno, exc.object[exc.start]) from None
             content = content or bool(chunk.strip())
@@ -82,12 +82,12 @@ class _Starts:
     the ijson parse anyway). `layout`: "list" (top-level array), "map" (each value of the top-level
     object) or "wrapped" (the array under the top-level object's `key_index`-th key, 1-based)."""
 
-    def __init__(self, layout: str, key_index: int = 0):
+    def __init__(self, layout: str, key_index: int = 0):  # pragma: no mutate (its one caller passes key_index)
         self.layout, self.key_index = layout, key_index
         self.depth = 2 if layout == "wrapped" else 1
         self.stack: list[str] = []
         self.keys = 0
-        self.after_colon = False
+        self.after_colon = False  # pragma: no mutate (set by the first token, before any value is read)
         self.in_records = layout != "wrapped"
         self.lost = False  # a line came in pieces: line numbers unknown from here on
         self.starts: deque[int] = deque()
@@ -119,8 +119,9 @@ class _Starts:
             elif tok in "]}":
                 if stack:
                     stack.pop()
-                if self.layout == "wrapped" and len(stack) == 1:
-                    self.in_records = False
+                # (both lines: starts past the last record are never read, so leaving in_records on is equivalent)
+                if self.layout == "wrapped" and len(stack) == 1:  # pragma: no mutate (see above)
+                    self.in_records = False  # pragma: no mutate (see above)
             elif tok == ":":
                 if stack == ["{"]:
                     self.keys += 1
@@ -144,7 +145,7 @@ def first_byte(path: Path) -> bytes:
         stripped = chunk.strip()
         if stripped:
             return stripped[:1]
-    return b""  # pragma: no cover - _lines raises on an empty file
+    return b""  # pragma: no cover, no mutate (unreachable: lines() raises on an empty file)
 
 
 def json_layout(path: Path) -> tuple[str, str, int]:
@@ -234,12 +235,12 @@ def _fault(path: Path, layout: str, prefix: str) -> str:
     """Where the parse of a JSON file fails, "line N, column C: why" (C: the character where the
     parser stopped, the end of the unexpected token), found by parsing it again line by line, then
     once more with the failing line fed byte by byte."""
-    bad: tuple[int, int] | None = None  # (line, piece of that line)
+    bad: tuple[int, int] | None = None  # (line, piece of that line)  # pragma: no mutate (any falsy start)
     for _ in range(2):
         sink, coro = _parser(layout, prefix)
         lineno, piece, column = 1, 0, 0
         for lineno, chunk, _whole in lines(path, CHUNK):
-            piece = piece + 1 if column else 0
+            piece = piece + 1 if column else 0  # pragma: no mutate (only picks the piece fed byte by byte: same column)
             slow = bad == (lineno, piece)
             for end in (range(1, len(chunk) + 1) if slow else (len(chunk),)):
                 try:
@@ -260,7 +261,7 @@ def _fault(path: Path, layout: str, prefix: str) -> str:
                 coro.close()
             except ijson.JSONError as exc:
                 return f"line {lineno}: {_ijson_message(exc)} (the file ends early: truncated?)"
-    return f"line {bad[0] if bad else lineno}: invalid JSON"  # pragma: no cover
+    return f"line {bad[0] if bad else lineno}: invalid JSON"  # pragma: no cover, no mutate (unreachable)
 
 
 def stream_json(path: Path, layout: str, prefix: str, key_index: int = 0) -> Iterator[tuple[int, int | None, Any]]:
