@@ -150,3 +150,14 @@ def make_namespace(kube, name: str) -> str:
 def namespace(kube, request):
     """A fresh namespace per test (named after the test) on `kube`."""
     return make_namespace(kube, request.node.name)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A local MLflow server (SQLite store) of the module's own, on a free port; its tracking URI."""
+    from mathllava.localserver import start, stop
+
+    state = tmp_path_factory.mktemp("mlflow")
+    uri = start(state, "127.0.0.1", free_port())
+    yield uri
+    stop(state)

@@ -8,8 +8,6 @@ import os
 
 import pytest
 
-from conftest import free_port
-
 from mathllava.evaluation import mathv
 from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, history, promote,
                                           show)
@@ -139,13 +137,8 @@ def test_resume_refuses_other_data_or_another_base_with_the_same_settings(tmp_pa
 
 # ---------------------------------------------------------------- promotion on a real MLflow registry
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mathllava.localserver import start, stop
-
-    state = tmp_path_factory.mktemp("mlflow")
-    uri = start(state, "127.0.0.1", free_port())
-    yield uri
-    stop(state)
+def server(mlflow_server):
+    return mlflow_server
 
 
 def _version(uri, name, alias=None) -> str:

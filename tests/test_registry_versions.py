@@ -5,19 +5,13 @@ import os
 
 import pytest
 
-from conftest import free_port
 from mathllava.registry.versions import (WEIGHTS_TAG, gate, identical_version, register_model_dir, set_alias,
                                          tag_with_run, weights_digest)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mathllava.localserver import start, stop
-
-    state = tmp_path_factory.mktemp("mlflow")
-    uri = start(state, "127.0.0.1", free_port())
-    yield uri
-    stop(state)
+def server(mlflow_server):
+    return mlflow_server
 
 
 @pytest.fixture
