@@ -65,8 +65,13 @@ def step_status(after: float, step: str) -> str | None:
 
 
 def start(config: str, *sets: str) -> subprocess.Popen:
+    """`python run.py` in a process of its own, on the stack this test process has active (earlier tests of
+    the session switch stacks and back in memory; the child must not read another from the config files)."""
+    from zenml.client import Client
+
     command = [sys.executable, "run.py", "--config", config] + [a for s in sets for a in ("--set", s)]
-    return subprocess.Popen(command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = {**os.environ, "ZENML_ACTIVE_STACK_ID": str(Client().active_stack_model.id)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 
 
