@@ -196,3 +196,22 @@ def test_the_audit_record_names_challenger_and_champion_the_right_way_round(serv
     [event] = history(name, server)
     assert (event["event"], event["version"], event["challenger"], event["champion"]) == ("promote", v2, v2, v1)
     assert event["stages"] == {v1: "archived", v2: "production"}
+
+
+def test_file_digest_is_read_again_when_the_file_changes_in_place(tmp_path):
+    """Guards the memo of file digests: its key holds the size and the modification time, so a training file
+    rewritten under the same path is hashed again (a stale digest would reuse another run's encoding)."""
+    import hashlib
+
+    from mathllava.train.encoded import file_digest
+
+    path = tmp_path / "data.json"
+    path.write_text("[1]")
+    stat = path.stat()
+    assert file_digest(path) == hashlib.sha256(b"[1]").hexdigest()
+    path.write_text("[1, 2]")                                           # other size, the same mtime
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_digest(path) == hashlib.sha256(b"[1, 2]").hexdigest()
+    path.write_text("[3]")                                              # the first size, a later mtime
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000))
+    assert file_digest(path) == hashlib.sha256(b"[3]").hexdigest()

@@ -170,3 +170,278 @@ def test_the_pipeline_lock_names_its_holder_and_passes_to_children_only(tmp_path
             env={k: v for k, v in os.environ.items() if k != LOCK_FD})
         assert stranger.stdout.strip() == "busy"
     assert LOCK_FD not in os.environ
+
+
+# ---- in-process checks of localcron (the subprocess tests above are invisible to mutation testing) ----
+
+import re  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+STAMP = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)"
+
+
+def _no_lock_inherited(monkeypatch):
+    from mathllava.state import LOCK_FD
+
+    monkeypatch.delenv(LOCK_FD, raising=False)
+
+
+def test_create_returns_the_installed_entry_with_absolute_paths(tmp_path, monkeypatch):
+    """A config path relative to the project folder (not to the current folder) ends up absolute in the
+    entry; the state folder is the project's own when MATHLLAVA_HOME is unset; the entry that create
+    returns is the one that `entries` reads back."""
+    from mathllava.localcron import Entry, create, entries
+
+    work, config = _project(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MATHLLAVA_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_PORT", "5999")
+    tab = tmp_path / "deep" / "er" / "crontab"   # its folders do not exist yet
+    entry = create("rel-1", "0  3 * * *", "nightly.yaml", work, crontab=tab, python="/opt/py 3/python")
+    expected = " ".join(shlex.quote(w) for w in [
+        "env", f"MATHLLAVA_HOME={work / '.mathllava'}", "MLFLOW_PORT=5999", "/opt/py 3/python", "-m",
+        "mathllava.cli", "schedule", "run", "--name", "rel-1", "--config", str(config), "--workdir", str(work)])
+    assert entry == Entry("rel-1", "0 3 * * *", expected)
+    assert entries(tab) == [entry]
+    assert entry.config == str(config)
+    assert _lines(tab) == [f"0 3 * * * {expected} # mathllava-schedule:rel-1"]
+
+
+def test_a_new_crontab_file_starts_empty(tmp_path):
+    from mathllava.localcron import entries
+
+    tab = tmp_path / "a" / "b" / "crontab"
+    assert entries(tab) == []
+    assert tab.read_text() == ""
+
+
+def test_environment_carries_the_tracking_uri_or_the_local_port(tmp_path, monkeypatch):
+    from mathllava.localcron import environment
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MATHLLAVA_HOME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker.example:5000")
+    monkeypatch.setenv("MLFLOW_PORT", "5123")
+    assert environment(work) == [f"MATHLLAVA_HOME={work / '.mathllava'}",
+                                 "MLFLOW_TRACKING_URI=http://tracker.example:5000"]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert environment(work) == [f"MATHLLAVA_HOME={work / '.mathllava'}", "MLFLOW_PORT=5123"]
+    monkeypatch.setenv("MATHLLAVA_HOME", str(tmp_path / "state"))
+    assert environment(work) == [f"MATHLLAVA_HOME={tmp_path / 'state'}", "MLFLOW_PORT=5123"]
+
+
+def test_create_refuses_bad_names_configs_and_folders_and_writes_nothing(tmp_path, monkeypatch):
+    from crontab import CronItem
+
+    from mathllava.localcron import create
+
+    work, config = _project(tmp_path)
+    bare = tmp_path / "bare"   # a config but no Makefile
+    bare.mkdir()
+    (bare / "c.yaml").write_text("parameters: {}\n")
+    tab = tmp_path / "crontab"
+    tab.write_text("# keep me\n0 1 * * * /usr/bin/true\n")
+    before = tab.read_text()
+    for name in ["-x", "a b", "", "a" * 64, "a/b"]:
+        with pytest.raises(ValueError) as err:
+            create(name, "0 3 * * *", config, work, crontab=tab)
+        assert str(err.value) == f"schedule name {name!r}: letters, digits, '.', '_' and '-' only"
+    with pytest.raises(ValueError) as err:
+        create("n", "0 3 * * *", "missing.yaml", work, crontab=tab)
+    assert str(err.value) == f"{work.resolve() / 'missing.yaml'}: no such config file"
+    with pytest.raises(ValueError) as err:
+        create("n", "0 3 * * *", "c.yaml", bare, crontab=tab)
+    assert str(err.value) == f"{bare.resolve()}: not the project folder (no Makefile); give --workdir"
+    assert tab.read_text() == before
+    monkeypatch.setattr(CronItem, "is_valid", lambda self: False)   # an expression python-crontab would not write
+    with pytest.raises(ValueError) as err:
+        create("n", "0 3 * * *", config, work, crontab=tab)
+    assert str(err.value) == "'0 3 * * *': cron refused it"
+    assert tab.read_text() == before
+    monkeypatch.undo()
+    assert create("a" * 63, "@daily", config, work, crontab=tab).name == "a" * 63   # the longest name
+    assert _lines(tab)[0] == "0 1 * * * /usr/bin/true"
+
+
+def test_delete_names_the_schedules_there_are(tmp_path):
+    from mathllava.localcron import create, delete, entries
+
+    work, config = _project(tmp_path)
+    tab = tmp_path / "crontab"
+    with pytest.raises(ValueError) as err:
+        delete("x", crontab=tab)
+    assert str(err.value) == "no schedule named 'x' (schedules: none)"
+    for name in ["a", "b"]:
+        create(name, "0 3 * * *", config, work, crontab=tab)
+    with pytest.raises(ValueError) as err:
+        delete("x", crontab=tab)
+    assert str(err.value) == "no schedule named 'x' (schedules: a, b)"
+    delete("a", crontab=tab)
+    assert [e.name for e in entries(tab)] == ["b"]
+
+
+def test_the_users_crontab_needs_the_crontab_command(monkeypatch):
+    """Without a crontab file, the user's crontab is edited through the `crontab` command: a clear error when
+    there is none, else python-crontab's user table."""
+    import shutil
+
+    import crontab as crontab_module
+
+    from mathllava.localcron import entries
+
+    monkeypatch.delenv("MATHLLAVA_CRONTAB", raising=False)
+    asked, opened = [], []
+
+    class FakeTable(list):
+        def __init__(self, **kwargs):
+            super().__init__()
+            opened.append(kwargs)
+
+    monkeypatch.setattr(crontab_module, "CronTab", FakeTable)
+    monkeypatch.setattr(shutil, "which", lambda name: asked.append(name))   # no command at all
+    with pytest.raises(ValueError) as err:
+        entries()
+    assert str(err.value) == ("no `crontab` command on this machine: install cron (Debian: apt-get install cron), "
+                              "or give --crontab FILE")
+    assert asked == ["crontab"] and opened == []
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/crontab" if name == "crontab" else None)
+    assert entries() == []
+    assert opened == [{"user": True}]
+
+
+def _child(tmp_path, body):
+    script = tmp_path / "child.py"
+    script.write_text(body)
+    return [sys.executable, str(script)]
+
+
+def test_run_locked_logs_the_run_and_hands_the_lock_to_it(tmp_path, monkeypatch):
+    """The log gets a start line, the command's stdout and stderr, and an end line with the exit code; the
+    command runs while the lock names this scheduled run, and can take the lock itself (it inherits it)."""
+    from mathllava.localcron import run_locked
+    from mathllava.state import LOCK_FD, pipeline_lock
+
+    _no_lock_inherited(monkeypatch)
+    monkeypatch.setenv("MATHLLAVA_HOME", str(tmp_path / "default-home"))   # not the home given
+    home = tmp_path / "home"
+    log = tmp_path / "logs" / "deeper" / "run.log"   # its folders do not exist yet
+    command = _child(tmp_path, (
+        "import sys\n"
+        "from mathllava.state import Busy, pipeline_lock\n"
+        f"print(open({str(home / 'schedules' / 'pipeline.lock')!r}).read(), flush=True)\n"
+        "try:\n"
+        f"    with pipeline_lock({str(home)!r}):\n"
+        "        print('inside', flush=True)\n"
+        "except Busy:\n"
+        "    print('busy', flush=True)\n"
+        "print('to stderr', file=sys.stderr, flush=True)\n"
+        "sys.exit(4)\n"))
+    before, start = datetime.now().replace(microsecond=0), time.monotonic()
+    assert run_locked(command, home, log) == 4
+    elapsed, after = time.monotonic() - start, datetime.now()
+    match = re.fullmatch(f"{STAMP} start: {re.escape(' '.join(command))}\n"
+                         f"pid {os.getpid()} since {STAMP}: scheduled run\n"
+                         "inside\n"
+                         "to stderr\n"
+                         f"{STAMP} end: exit code 4 after (\\d+) s\n", log.read_text(encoding="utf-8"))
+    assert match, log.read_text()
+    stamps = [datetime.fromisoformat(s) for s in match.groups()[:3]]
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after
+    assert int(match.group(4)) <= elapsed + 1
+    assert not (tmp_path / "default-home").exists()
+    # the lock is free again, and no longer handed down
+    assert LOCK_FD not in os.environ
+    with pipeline_lock(home):
+        pass
+    # a second run appends to the same log
+    assert run_locked([sys.executable, "-c", "print('again')"], home, log) == 0
+    assert log.read_text().count(" start: ") == 2 and "\nagain\n" in log.read_text()
+
+
+def test_run_locked_skips_a_run_while_another_holds_the_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    from mathllava.localcron import BUSY, run_locked
+
+    _no_lock_inherited(monkeypatch)
+    home = tmp_path / "home"
+    lock = home / "schedules" / "pipeline.lock"
+    lock.parent.mkdir(parents=True)
+    log = tmp_path / "run.log"
+    log.write_text("earlier\n")
+    marker = tmp_path / "ran"
+    with open(lock, "a+") as held:   # another holder: its own open file, not handed to us
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 since 2026-01-01T00:00:00: by hand")
+        held.flush()
+        assert BUSY == 75
+        assert run_locked([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], home, log) == BUSY
+    assert not marker.exists()
+    assert re.fullmatch(f"earlier\n{STAMP} skipped: a run is still going "
+                        f"\\(pid 1 since 2026-01-01T00:00:00: by hand holds {re.escape(str(lock))}\\)\n",
+                        log.read_text()), log.read_text()
+
+
+def test_run_locked_under_a_lock_that_hands_down_no_descriptor(tmp_path, monkeypatch):
+    """When the lock sets no descriptor to hand down (none in the environment), the command still runs."""
+    from contextlib import contextmanager
+
+    from mathllava import localcron
+
+    _no_lock_inherited(monkeypatch)
+    taken = []
+
+    @contextmanager
+    def lock(home, what=""):
+        taken.append((home, what))
+        yield home
+
+    monkeypatch.setattr(localcron, "pipeline_lock", lock)
+    log = tmp_path / "run.log"
+    assert localcron.run_locked([sys.executable, "-c", "print('ran')"], tmp_path / "home", log) == 0
+    assert taken == [(tmp_path / "home", "scheduled run")]
+    assert "\nran\n" in log.read_text() and "end: exit code 0 after" in log.read_text()
+
+
+def test_run_locked_writes_its_log_in_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """cron may start runs under the C locale: a non-ASCII path in the command must not break the log."""
+    import locale
+
+    from mathllava.localcron import run_locked
+
+    _no_lock_inherited(monkeypatch)
+    log = tmp_path / "run.log"
+    saved = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        code = run_locked([sys.executable, "-c", "pass", "résumé"], tmp_path / "home", log)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, saved)
+    assert code == 0
+    assert " start: " in log.read_bytes().decode("utf-8")
+    assert "-c pass résumé\n" in log.read_bytes().decode("utf-8")
+
+
+def test_run_scheduled_runs_make_in_the_project_under_its_state_folder(tmp_path, monkeypatch):
+    from mathllava.localcron import run_scheduled
+
+    work, config = _project(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MATHLLAVA_HOME", raising=False)
+    _no_lock_inherited(monkeypatch)
+    assert run_scheduled("nightly", config, work) == 0
+    assert (work / "runs.txt").read_text().splitlines() == [f"{config} --no-schedule"]
+    log = (work / ".mathllava" / "schedules" / "nightly.log").read_text()
+    assert re.match(f"{STAMP} start: make -C {re.escape(str(work))} run CONFIG={re.escape(str(config))} "
+                    "RUN_ARGS=--no-schedule\n", log), log
+    assert log.rstrip("\n").splitlines()[-1].split(" ", 1)[1].startswith("end: exit code 0 after ")
+    assert not (elsewhere / ".mathllava").exists()
+    (work / "Makefile").write_text("run:\n\texit 3\n")
+    assert run_scheduled("nightly", config, work) == 2   # make's own code for a failed recipe

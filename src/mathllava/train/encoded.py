@@ -85,7 +85,7 @@ def cache_key(data_path: Path, image_paths: list[Path], image_root: Path, model_
     for path in image_paths:
         st = path.stat()
         h.update(f"{path.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}\n".encode())
-    return h.hexdigest()[:20]
+    return h.hexdigest()[:20]   # pragma: no mutate (the folder name's length: any prefix length keys the same)
 
 
 def prune(cache_root: Path, keep: int, current: Path) -> list[str]:
