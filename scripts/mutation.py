@@ -39,7 +39,7 @@ MODULES: dict[str, list[str]] = {
     "src/mathllava/data/ingest.py": ["tests/test_image_probe.py", "tests/test_curation_boundaries.py"],
     "src/mathllava/train/data.py": ["tests/test_train_data.py", "tests/test_model_boundaries.py"],
     "src/mathllava/train/encoded.py": ["tests/test_train_data.py", "tests/test_model_boundaries.py"],
-    "src/mathllava/train/runner.py": ["tests/test_model_boundaries.py", "tests/test_train_data.py"],
+    "src/mathllava/train/runner.py": ["tests/test_train_output.py", "tests/test_model_boundaries.py"],
     "src/mathllava/evaluation/mathv.py": ["tests/test_mathv_mmmu.py", "tests/test_model_boundaries.py",
                                           "tests/test_eval_rules.py"],
     "src/mathllava/evaluation/mathvista.py": ["tests/test_mathvista.py", "tests/test_eval_rules.py"],
@@ -58,7 +58,7 @@ MODULES: dict[str, list[str]] = {
 PARTS: dict[str, list[str]] = {
     "src/mathllava/data/ingest.py": ["probe_image"],                                         # the image probe
     "src/mathllava/train/encoded.py": ["file_digest", "_digest_of", "cache_key"],            # the cache key
-    "src/mathllava/train/runner.py": ["_identity", "complete_checkpoints", "remove_torn_checkpoints",
+    "src/mathllava/train/runner.py": ["_identity", "checkpoint_step", "complete_checkpoints", "remove_torn_checkpoints",
                                       "check_output", "write_identity"],                       # the output check
     "src/mathllava/k8s/launcher.py": ["state_of", "failed_pods", "_transient", "wait", "should_delete",
                                       "_delete_config_map", "delete", "run"],                  # wait and cleanup

@@ -54,22 +54,27 @@ def _identity(base: Path, data: Path, image_root: Path, settings: TrainSettings)
             "image_root": str(image_root.resolve()), "settings": chosen}
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a folder named `checkpoint-<step>` (as the Trainer names them); None for any other name."""
+    tail = path.name.removeprefix("checkpoint-")
+    return int(tail) if tail != path.name and tail.isdigit() else None
+
+
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Whole checkpoints, oldest first (by step)."""
     if not ckpt_dir.is_dir():
         return []
-    found = [p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / COMPLETE).exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if checkpoint_step(p) is not None and (p / COMPLETE).exists()]
+    return sorted(found, key=checkpoint_step)
 
 
 def remove_torn_checkpoints(ckpt_dir: Path) -> list[str]:
     """Delete checkpoint folders without the COMPLETE marker (a run killed while saving), and what a save
-    left in the staging folder."""
-    removed = []
-    if (ckpt_dir / SAVING).is_dir():
-        removed += [f"{SAVING}/{p.name}" for p in (ckpt_dir / SAVING).iterdir()]
-        shutil.rmtree(ckpt_dir / SAVING, ignore_errors=True)
-    for path in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else []:
+    left in the staging folder. Best effort: a folder that cannot be deleted stays (it is never resumed from)."""
+    staging = ckpt_dir / SAVING
+    removed = [f"{SAVING}/{p.name}" for p in staging.iterdir()] if staging.is_dir() else []
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in ckpt_dir.glob("checkpoint-*"):   # none when the folder does not exist
         if path.is_dir() and not (path / COMPLETE).exists():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
@@ -81,7 +86,7 @@ def check_output(out: Path, identity: dict, resume: bool) -> str | None:
     Read-only, so every rank runs it before the process group forms and all fail alike."""
     marker = out / "run.json"
     if marker.exists():
-        previous = json.loads(marker.read_text(encoding="utf-8"))
+        previous = json.loads(marker.read_text(encoding="utf-8"))  # pragma: no mutate (codec spelling; locales here are UTF-8)
         if not resume:
             raise RunConflict(f"{out} already holds a training run; pass --resume to continue it or use another --out")
         if previous != identity:
@@ -99,8 +104,9 @@ def check_output(out: Path, identity: dict, resume: bool) -> str | None:
 
 def write_identity(out: Path, identity: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "run.json.tmp"
-    tmp.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+    tmp = out / "run.json.tmp"  # pragma: no mutate (the staging name is read by nothing)
+    text = json.dumps(identity, indent=2)
+    tmp.write_text(text, encoding="utf-8")  # pragma: no mutate (codec spelling; locales here are UTF-8)
     tmp.replace(out / "run.json")
 
 def _prepare_model(base: Path, settings: TrainSettings):
