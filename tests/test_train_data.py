@@ -277,3 +277,119 @@ def test_init_tiny_writes_a_llava_hf_checkpoint_with_its_chat_template(small_dat
     assert len(processor.tokenizer(question)["input_ids"]) < len(question) / 2  # trained on the data's text
     assert cli.main(["model", "init-tiny", str(out)]) == 2  # never overwrites without --force
     assert cli.main(["model", "init-tiny", str(tmp_path / "x"), "--data", str(tmp_path / "missing.json")]) == 2
+
+
+# --- boundaries that mutation testing found unguarded (make mutation, train/data.py) -----------------------
+
+def test_each_unusable_training_file_is_refused_with_its_own_message(tmp_path):
+    good = {"id": "a", "image": "x.png", "conversations": TWO_TURNS[:2]}
+    path = tmp_path / "d.json"
+    with pytest.raises(DataError) as err:
+        read_conversations(path)
+    assert str(err.value) == f"{path}: no such training file"
+    cases = [
+        ("[\n", "not valid JSON (line 2, column 1): Expecting value"),
+        ("[]", "no records"),
+        ('"text"', "expected a JSON list of LLaVA records, found str"),
+        (json.dumps(["x"]), "record 0 has no 'conversations' list"),
+        (json.dumps([good, {"id": "b"}]), "record 1 has no 'conversations' list"),
+        (json.dumps([{"id": "b", "conversations": "hi"}]), "record 0 has no 'conversations' list"),
+        (json.dumps([{**good, "image": 5}]), "record 0: 'image' must be a path string"),
+        (json.dumps([{**good, "image": ["a.png"]}]), "record 0: 'image' must be a path string"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(DataError) as err:
+            read_conversations(path)
+        assert str(err.value) == f"{path}: {message}", text
+    empty = tmp_path / "d.jsonl"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError) as err:
+        read_conversations(empty)
+    assert str(err.value) == f"{empty}: no records"
+    path.write_text(json.dumps([{**good, "image": None}, {k: v for k, v in good.items() if k != "image"}]))
+    assert len(read_conversations(path)) == 2        # no image: a text-only record
+
+
+def test_the_models_own_template_and_the_image_choice_shape_the_tokens(processor):
+    import copy
+
+    llava_hf = copy.deepcopy(processor)
+    llava_hf.chat_template = LLAVA_HF_TEMPLATE
+    tok = processor.tokenizer
+    own = tok.decode(encode_conversation(llava_hf, TWO_TURNS, True, 4, 2048).input_ids)
+    default = tok.decode(encode_conversation(processor, TWO_TURNS, True, 4, 2048).input_ids)
+    assert own != default and own.lstrip("<s> ").startswith("USER:")
+    with_image = encode_conversation(processor, TWO_TURNS, True, 4, 2048)
+    without = encode_conversation(processor, TWO_TURNS, False, 4, 2048)
+    assert with_image.input_ids.count(processor.image_token_id) == 4
+    assert processor.image_token_id not in without.input_ids
+    assert _learned(without.labels) == _learned(with_image.labels)
+
+
+def test_stored_pixels_are_compact_only_when_nothing_is_lost():
+    from mathllava.train.data import compact_pixels
+
+    for values, dtype in (([0.0, 255.0], np.uint8), ([0.0, 256.0], np.float16), ([-1.0, 3.0], np.float16),
+                          ([1.0, 3.0], np.uint8), ([0.5, 3.0], np.float16), ([0.0, 0.0], np.uint8)):
+        out = compact_pixels(np.array(values, dtype=np.float32))
+        assert out.dtype == dtype, values
+        assert out.astype(np.float32).tolist() == values
+
+
+def test_raw_pixels_finish_as_the_processors_own_pixel_values(processor):
+    from PIL import Image
+
+    from mathllava.train.data import pixel_normalizer, raw_pixels
+
+    image = Image.new("RGB", (40, 30), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 20, 30))     # black and white: 0 and 255 both present
+    raw = raw_pixels(processor, image)
+    assert raw.dtype == np.uint8 and raw.min() == 0 and raw.max() == 255
+    expected = processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    got = normalize_pixels(torch.from_numpy(raw)[None], pixel_normalizer(processor))
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-5)
+    half = normalize_pixels(torch.from_numpy(raw)[None], pixel_normalizer(processor), dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), expected, atol=1e-2)
+
+
+def test_the_normalizer_follows_the_processors_rescale_and_normalize_switches(processor):
+    import copy
+
+    from mathllava.train.data import pixel_normalizer
+
+    ip = processor.image_processor
+    both = pixel_normalizer(processor)
+    assert both == {"scale": float(ip.rescale_factor), "mean": [float(v) for v in ip.image_mean],
+                    "std": [float(v) for v in ip.image_std]}
+    plain = copy.deepcopy(processor)
+    plain.image_processor.do_rescale = False
+    plain.image_processor.do_normalize = False
+    assert pixel_normalizer(plain) == {"scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def test_an_answer_the_tokenizer_maps_to_no_tokens_is_named(processor):
+    """A tokenizer whose normaliser deletes an answer's characters leaves that assistant turn without tokens:
+    the record is refused naming the turn, never trained with a silently missing answer."""
+    import copy
+
+    from mathllava.conversation import TemplateError, turns_from_llava
+
+    _, spans = conversation_text(processor, turns_from_llava(TWO_TURNS), True)
+    real = processor.tokenizer
+
+    class Deleting:   # the real tokenizer, except that the second answer's characters map to no token
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, text, **kwargs):
+            enc = real(text, **kwargs)
+            start, end = spans[1]
+            enc["offset_mapping"] = [(0, 0) if a >= start and b <= end else (a, b) for a, b in enc["offset_mapping"]]
+            return enc
+
+    deleting = copy.copy(processor)
+    deleting.tokenizer = Deleting()
+    with pytest.raises(TemplateError) as err:
+        encode_conversation(deleting, TWO_TURNS, True, 4, 2048)
+    assert str(err.value) == "assistant turn 1 has no tokens"

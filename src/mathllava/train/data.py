@@ -29,7 +29,7 @@ def read_conversations(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such training file")
-    text = path.read_text(encoding="utf-8-sig")
+    text = path.read_text(encoding="utf-8-sig")  # pragma: no mutate (codec names ignore case)
     records: list[tuple[str, Any]] = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
@@ -77,9 +77,9 @@ def encode_conversation(processor, conversations: list[dict], with_image: bool, 
     tok = processor.tokenizer
     turns = turns_from_llava(conversations)
     text, spans = conversation_text(processor, turns, with_image)
-    enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=True)  # pragma: no mutate (True is the default)
     offsets = enc["offset_mapping"]
-    span_of = [-1] * len(offsets)  # which assistant turn each token belongs to (-1: none)
+    span_of = [-1] * len(offsets)  # pragma: no mutate (any negative means none) which assistant turn each token is in
     k = 0
     for t, (start, end) in enumerate(offsets):
         while k < len(spans) and start >= spans[k][1]:
@@ -119,13 +119,18 @@ def raw_pixels(processor, image) -> Any:
     """The processor's resize and crop of one image, before rescaling and normalisation (uint8 when
     the processor works on 8-bit images, as the PIL backend does), so it can be stored compactly;
     `normalize_pixels` finishes the processor's work."""
-    import numpy as np
-
     out = processor.image_processor(images=image, do_rescale=False, do_normalize=False,
                                     return_tensors="np")["pixel_values"][0]
-    if np.array_equal(out, np.round(out)) and out.min() >= 0 and out.max() <= 255:
-        return out.astype(np.uint8)
-    return out.astype(np.float16)
+    return compact_pixels(out)
+
+
+def compact_pixels(values) -> Any:
+    """uint8 when every value is a whole number in 0..255 (nothing is lost), else float16."""
+    import numpy as np
+
+    if np.array_equal(values, np.round(values)) and values.min() >= 0 and values.max() <= 255:
+        return values.astype(np.uint8)
+    return values.astype(np.float16)
 
 
 def pixel_normalizer(processor) -> dict:
@@ -141,8 +146,9 @@ def normalize_pixels(pixels, normalizer: dict, dtype=None):
     import torch
 
     x = pixels.float() * normalizer["scale"]
-    mean = torch.tensor(normalizer["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(normalizer["std"], device=x.device).view(1, -1, 1, 1)
+    # not mutated: the device matters on a GPU only, and (C, 1, 1) broadcasts as (1, C, 1, 1) over a batch
+    mean = torch.tensor(normalizer["mean"], device=x.device).view(1, -1, 1, 1)  # pragma: no mutate (see above)
+    std = torch.tensor(normalizer["std"], device=x.device).view(1, -1, 1, 1)  # pragma: no mutate (see above)
     x = (x - mean) / std
     return x if dtype is None else x.to(dtype)
 
