@@ -50,7 +50,7 @@ MODULES: dict[str, list[str]] = {
                                        "tests/test_augment_endpoint.py"],
     "src/mathllava/augment/parse.py": ["tests/test_augment_parse.py"],
     # its other tests need the local API server, which each mutant's run would start again
-    "src/mathllava/k8s/launcher.py": ["tests/test_fault_boundaries.py"],
+    "src/mathllava/k8s/launcher.py": ["tests/test_k8s_wait.py"],
     "src/mathllava/localcron.py": ["tests/test_schedule_local.py"],
 }
 # modules of which the issue lists one part: only these functions are mutated and scored ("Class.method" for a

@@ -289,7 +289,7 @@ def wait(api, rendered: Rendered, timeout_s: float, log: Callable[[str], None] =
                                                   rendered.namespace, plural, field_selector=selector,
                                                   resource_version=version_seen,
                                                   timeout_seconds=max(1, min(int(remaining + 0.999), 60)),
-                                                  _request_timeout=max(5, min(remaining, 60) + 10)):
+                                                  _request_timeout=min(remaining, 60) + 10):  # remaining > 0
                     if event["type"] == "ERROR":   # e.g. 410 Gone: the watched version is too old
                         version_seen = None
                         break
