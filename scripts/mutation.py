@@ -155,24 +155,30 @@ def run_module(module: str, tests: list[str], max_children: int, timeout: float)
         except subprocess.TimeoutExpired:
             rc = 124
     seconds = time.monotonic() - start
-    if rc != 0:
+
+    def failed(why: str) -> dict:
         tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-30:]
-        return {"module": module, "error": f"mutmut run exited {rc} after {seconds:.0f} s (log: {log})",
-                "tail": tail, "seconds": seconds}
+        return {"module": module, "error": why, "tail": tail, "seconds": seconds}
+
     report = subprocess.run([sys.executable, "-c", _REPORT, module], cwd=work, env=env, capture_output=True,
                             text=True)
     if report.returncode != 0:
-        return {"module": module, "error": f"reading mutmut's results failed: {report.stderr[-2000:]}",
-                "tail": [], "seconds": seconds}
+        return failed(f"mutmut run exited {rc} after {seconds:.0f} s (log: {log}); reading its results failed: "
+                      f"{report.stderr[-1000:]}")
     mutants = json.loads(report.stdout)
     if patterns := mutant_patterns(module):
         mutants = {k: v for k, v in mutants.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+    unjudged = sum(1 for v in mutants.values() if v["status"] == "not checked")
+    if rc != 0 and (unjudged or not mutants):
+        return failed(f"mutmut run exited {rc} after {seconds:.0f} s with {unjudged} mutants not checked (log: {log})")
+    # mutmut 3.8 can exit 1 after every mutant has its result (seen once); the results stand, the exit is reported
+    warning = f"mutmut exited {rc} after judging every mutant" if rc != 0 else None
     counts: dict[str, int] = {}
     for entry in mutants.values():
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     judged = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
     killed = sum(n for status, n in counts.items() if status in KILLED)
-    return {"module": module, "part": PARTS.get(module), "tests": tests, "seconds": seconds, "counts": counts, "killed": killed,
+    return {"module": module, "part": PARTS.get(module), "tests": tests, "warning": warning, "seconds": seconds, "counts": counts, "killed": killed,
             "judged": judged, "score": 100.0 * killed / judged if judged else 0.0,
             "not_killed": {k: v for k, v in mutants.items() if v["status"] not in KILLED}, "work": str(work)}
 
@@ -186,6 +192,8 @@ def print_result(result: dict) -> None:
         return
     counts = ", ".join(f"{status} {n}" for status, n in sorted(result["counts"].items()))
     print(f"   score {result['score']:.1f}%: {result['killed']}/{result['judged']} killed ({counts})")
+    if result.get("warning"):
+        print(f"   note: {result['warning']}")
     if result.get("part"):
         print(f"   functions: {' '.join(result['part'])}")
     print(f"   tests: {' '.join(result['tests'])}")

@@ -393,3 +393,16 @@ def test_an_answer_the_tokenizer_maps_to_no_tokens_is_named(processor):
     with pytest.raises(TemplateError) as err:
         encode_conversation(deleting, TWO_TURNS, True, 4, 2048)
     assert str(err.value) == "assistant turn 1 has no tokens"
+
+
+def test_truncation_bounds_are_inclusive(processor):
+    """A record of exactly max_length tokens is kept whole; a cut exactly at a turn's end keeps that turn."""
+    full = encode_conversation(processor, TWO_TURNS, True, 4, 2048)
+    eos = processor.tokenizer.eos_token_id
+    first_end = full.input_ids.index(eos) + 1
+    exact = encode_conversation(processor, TWO_TURNS, True, 4, max_length=len(full.input_ids))
+    assert exact.status == "ok" and exact.turns_kept == 2 and exact.input_ids == full.input_ids
+    at_turn = encode_conversation(processor, TWO_TURNS, True, 4, max_length=first_end)
+    assert at_turn.status == "truncated" and at_turn.turns_kept == 1 and at_turn.input_ids == full.input_ids[:first_end]
+    dropped = encode_conversation(processor, TWO_TURNS, True, 4, max_length=first_end - 1)
+    assert (dropped.status, dropped.turns_kept, dropped.labels) == ("dropped", 0, [])

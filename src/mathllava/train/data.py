@@ -90,7 +90,7 @@ def encode_conversation(processor, conversations: list[dict], with_image: bool, 
     if len(last_token) != len(spans):
         missing = min(set(range(len(spans))) - set(last_token))
         raise TemplateError(f"assistant turn {missing} has no tokens")
-    image_id = processor.image_token_id if with_image else None
+    image_id = processor.image_token_id if with_image else None  # pragma: no mutate (no image: the text holds no image token)
     ids: list[int] = []
     labels: list[int] = []
     turn_ends: list[int] = []  # sequence length after each assistant turn
@@ -119,8 +119,9 @@ def raw_pixels(processor, image) -> Any:
     """The processor's resize and crop of one image, before rescaling and normalisation (uint8 when
     the processor works on 8-bit images, as the PIL backend does), so it can be stored compactly;
     `normalize_pixels` finishes the processor's work."""
-    out = processor.image_processor(images=image, do_rescale=False, do_normalize=False,
-                                    return_tensors="np")["pixel_values"][0]
+    # not mutated: with the pinned transformers, None or no return_tensors give the same uint8 array
+    out = processor.image_processor(images=image, do_rescale=False, do_normalize=False,  # pragma: no mutate
+                                    return_tensors="np")["pixel_values"][0]  # pragma: no mutate
     return compact_pixels(out)
 
 
@@ -150,5 +151,5 @@ def normalize_pixels(pixels, normalizer: dict, dtype=None):
     mean = torch.tensor(normalizer["mean"], device=x.device).view(1, -1, 1, 1)  # pragma: no mutate (see above)
     std = torch.tensor(normalizer["std"], device=x.device).view(1, -1, 1, 1)  # pragma: no mutate (see above)
     x = (x - mean) / std
-    return x if dtype is None else x.to(dtype)
+    return x if dtype is None else x.to(dtype)  # pragma: no mutate (x.to(None) is x: swapped branches are equivalent)
 
