@@ -30,7 +30,7 @@ def _job(name, script, env=(), volumes=(), mounts=(), backoff=0):
                                 "env": list(env), "volumeMounts": list(mounts)}]}}}}
 
 
-def _wait_job(batch, name, namespace, timeout=120):
+def _wait_job(batch, name, namespace, timeout=600):   # a hang guard: the loop waits for the job's condition
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = batch.read_namespaced_job(name, namespace)

@@ -166,7 +166,7 @@ def test_the_pipeline_lock_names_its_holder_and_passes_to_children_only(tmp_path
             f"    with pipeline_lock({str(home)!r}):\n"
             "        print('inside')\n"
             "except Busy:\n"
-            "    print('busy')\n")], capture_output=True, text=True, timeout=60,
+            "    print('busy')\n")], capture_output=True, text=True, timeout=600,
             env={k: v for k, v in os.environ.items() if k != LOCK_FD})
         assert stranger.stdout.strip() == "busy"
     assert LOCK_FD not in os.environ
