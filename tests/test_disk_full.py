@@ -100,6 +100,9 @@ def test_only_disk_faults_become_disk_full(tmp_path):
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x" / "f.bin"))
     full = as_disk_full(wrapped, tmp_path)
     assert isinstance(full, DiskFull) and full.folder == str(tmp_path / "x")
+    assert explain(wrapped).startswith(f"error: no space left on device writing {tmp_path / 'x'} (")  # the same rule
+    no_space = Exception("IO error: No space left on device (os error 28)")   # as the Rust tokenizers raise it
+    assert explain(no_space).startswith("error: no space left on device writing . (")
     assert as_disk_full(OSError(errno.EACCES, "denied"), tmp_path) is None
     assert explain(ValueError(f"bad {uuid.uuid4()}")) is None
 

@@ -80,11 +80,9 @@ def as_disk_full(error: BaseException, folder: str | Path) -> DiskFull | None:
 def explain(error: BaseException, tracking_uri: str | None = None, tracking_up: bool | None = None) -> str | None:
     """One line for a fault the user can fix, or None. `tracking_up`: whether the tracking server answers
     now (asked by the caller; a connection error while it answers is some other server's)."""
-    for item in chain(error):
-        if isinstance(item, DiskFull):
-            return f"error: {item}"
-        if isinstance(item, OSError) and item.errno == errno.ENOSPC:
-            return f"error: {DiskFull(Path(item.filename).parent if item.filename else '.')}"
+    full = as_disk_full(error, ".")
+    if full is not None:
+        return f"error: {full}"
     if tracking_uri and tracking_up is False:
         text = " ".join(str(item) for item in chain(error))
         if any(s in text for s in TRACKING_DOWN) or "MlflowException" in {type(i).__name__ for i in chain(error)}:
