@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageDraw
 
 import mathllava.data.clean as clean
 from mathllava.data.clean import (
@@ -29,22 +28,7 @@ from mathllava.data.clean import (
 )
 from mathllava.data.ingest import MANIFEST_COLUMNS, QUARANTINE_COLUMNS, ImageLimits, probe_image
 
-LONG_Q = "As shown in the figure, if CB = 4.0, DB = 7.0, and D is the midpoint of AC, then the length of AC is ()"
-
-
-def figure(path: Path, seed: int) -> Path:
-    """A diagram-like PNG whose layout depends on the seed."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (128, 128), "white")
-    draw = ImageDraw.Draw(img)
-    for _ in range(5):
-        x, y = rng.integers(0, 90, 2)
-        w, h = rng.integers(15, 40, 2)
-        fill = tuple(int(v) for v in rng.integers(0, 255, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=fill, outline="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+from test_clean import LONG_Q, figure   # the same diagram-like images and long question
 
 
 def rec(rid, sha=None, phash=None, question="Which shape is largest?", source="S", **extra) -> dict:
