@@ -11,6 +11,10 @@ copy of the tracked files under build/mutation/<module>/ with a generated [tool.
 repository never holds a mutants/ folder or mutmut settings, and each module is judged only by the tests
 listed for it. mutmut is one of the project's dev dependencies (pinned in pyproject.toml).
 
+mutmut forks a child per mutant that runs the tests again, module fixtures included: for the modules of
+SHARED_MLFLOW, one local MLflow server (under the scratch folder) serves the whole run through
+$MATHLLAVA_TEST_MLFLOW_URI, which tests/conftest.py's `mlflow_server` then uses instead of starting its own.
+
 Prints, per module: killed/total, the score, and the diff of every mutant that survived (or that no
 listed test reached). Exit 1 when a run fails, or when a score is under --min-score."""
 
@@ -21,9 +25,11 @@ import fnmatch
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +70,10 @@ PARTS: dict[str, list[str]] = {
     "src/mathllava/k8s/launcher.py": ["state_of", "failed_pods", "_transient", "wait", "should_delete",
                                       "_delete_config_map", "delete", "run"],                  # wait and cleanup
 }
+# modules whose tests use tests/conftest.py's `mlflow_server`: one local MLflow server serves the whole
+# mutmut run (MATHLLAVA_TEST_MLFLOW_URI), instead of one started for every mutant's tests
+SHARED_MLFLOW = {"src/mathllava/registry/promotion.py", "src/mathllava/registry/versions.py"}
+SHARED_MLFLOW_ENV = "MATHLLAVA_TEST_MLFLOW_URI"
 PYTEST_ARGS = ["-m", "not slow", "-p", "no:cacheprovider"]
 ALSO_COPY = ["configs", "run.py", "pipelines", "steps", "stacks", "Makefile", "README.md"]   # what tests reach through ROOT (mutants/ is their ROOT)
 
@@ -101,6 +111,29 @@ def mutant_patterns(module: str) -> list[str]:
 
 def mutmut_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+@contextmanager
+def shared_mlflow(module: str, work: Path):
+    """For a module of SHARED_MLFLOW: a local MLflow server (state under `work`/mlflow-server) for the
+    whole run, its URI in the environment it yields; stopped afterwards. Other modules: mutmut_env()."""
+    env = mutmut_env()
+    if module not in SHARED_MLFLOW:
+        yield env
+        return
+    sys.path.insert(0, str(ROOT / "src"))
+    try:
+        from mathllava.localserver import start, stop
+    finally:
+        sys.path.pop(0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = work / "mlflow-server"
+    try:
+        yield {**env, SHARED_MLFLOW_ENV: start(state, "127.0.0.1", port)}
+    finally:
+        stop(state)
 
 
 def tracked_files() -> list[str]:
@@ -148,11 +181,12 @@ def run_module(module: str, tests: list[str], max_children: int, timeout: float)
     env = mutmut_env()
     log = work / "mutmut.log"
     start = time.monotonic()
-    with log.open("w") as handle:
+    with log.open("w") as handle, shared_mlflow(module, work) as run_env:
         try:
             rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
                                  *mutant_patterns(module)],
-                                cwd=work, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
+                                cwd=work, env=run_env, stdout=handle, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 124
     seconds = time.monotonic() - start

@@ -16,6 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def unique_name(prefix: str) -> str:
+    """A registered-model or experiment name no other test (or earlier run on a shared server) used."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -152,11 +161,24 @@ def namespace(kube, request):
     return make_namespace(kube, request.node.name)
 
 
+# a server that is already running, shared by every test module that asks for `mlflow_server` (scripts/
+# mutation.py starts one for a whole mutmut run, whose every mutant would otherwise start its own)
+SHARED_MLFLOW = "MATHLLAVA_TEST_MLFLOW_URI"
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A local MLflow server (SQLite store) of the module's own, on a free port; its tracking URI."""
-    from mathllava.localserver import start, stop
+    """A local MLflow server (SQLite store) of the module's own, on a free port; its tracking URI. With
+    MATHLLAVA_TEST_MLFLOW_URI set, the server there instead, which earlier runs may have filled: so
+    the tests name their registered models and experiments uniquely (unique_name)."""
+    from mathllava.localserver import healthy, start, stop
 
+    shared = os.environ.get(SHARED_MLFLOW)
+    if shared:
+        if not healthy(shared, timeout=30.0):
+            pytest.fail(f"{SHARED_MLFLOW}={shared}: no MLflow server answers there")
+        yield shared.rstrip("/")
+        return
     state = tmp_path_factory.mktemp("mlflow")
     uri = start(state, "127.0.0.1", free_port())
     yield uri

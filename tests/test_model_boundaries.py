@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from conftest import unique_name
 from mathllava.evaluation import mathv
 from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, history, promote,
                                           show)
@@ -162,7 +163,7 @@ def test_a_challenger_moved_during_the_comparison_is_not_promoted(server, tmp_pa
     """Guards the re-check under the lock covering the challenger alias too, not only the champion."""
     from mlflow.tracking import MlflowClient
 
-    name = "bounds-challenger-moved"
+    name = unique_name("bounds-challenger-moved")
     v1, v2 = _version(server, name, CHAMPION), _version(server, name, CHALLENGER)
     v3 = _version(server, name)
 
@@ -180,7 +181,7 @@ def test_the_audit_record_names_challenger_and_champion_the_right_way_round(serv
     """Guards the promotion record against swapping the challenger and champion versions."""
     from mlflow.tracking import MlflowClient
 
-    name = "bounds-audit"
+    name = unique_name("bounds-audit")
     v1, v2 = _version(server, name, CHAMPION), _version(server, name, CHALLENGER)
     scores = {v1: {"mathv": 10.0}, v2: {"mathv": 20.0}}
     decision, entry = promote(name, lambda client, model, versions: {v: scores[v] for v in versions},

@@ -11,21 +11,15 @@ import sys
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, unique_name
 
-from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, PromotionConflict, compare, history,
-                                          promote, show)
+from mathllava.registry.promotion import (CHALLENGER, CHAMPION, PREVIOUS, Decision, PromotionConflict, compare,
+                                          history, promote, show)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mathllava.localserver import start, stop
-
-    port = free_port()
-    state = tmp_path_factory.mktemp("mlflow")
-    uri = start(state, "127.0.0.1", port)
-    yield uri
-    stop(state)
+def server(mlflow_server):
+    return mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +33,9 @@ def tiny_models(tmp_path_factory):
             for seed in (0, 1)]
 
 
+EXPERIMENT = unique_name("promotion-tests")
+
+
 def _register(uri, name, model_dir, challenger=True) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -46,7 +43,7 @@ def _register(uri, name, model_dir, challenger=True) -> str:
     from mathllava.registry.versions import register_model_dir
 
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("promotion-tests")
+    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run():
         version, _ = register_model_dir(str(model_dir), name, {"heldout_accuracy": 1.0})
     if challenger:
@@ -93,7 +90,7 @@ def test_compare_applies_each_margin_strictly():
 def test_promote_refuse_rollback_and_history(server, tiny_models, tmp_path, capsys):
     from mathllava.cli import main
 
-    name, lock = "promo-flow", tmp_path / "lock"
+    name, lock = unique_name("promo-flow"), tmp_path / "lock"
     v1 = _register(server, name, tiny_models[0])
     decision, _ = promote(name, scripted({v1: {"mathv": 10.0}}), {"mathv": 0.0}, lock, server)
     assert decision.promote and _aliases(server, name) == {v1: [CHAMPION]}
@@ -134,7 +131,7 @@ def test_promote_refuse_rollback_and_history(server, tiny_models, tmp_path, caps
 def test_a_change_during_the_comparison_moves_nothing(server, tiny_models, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    name = "promo-race"
+    name = unique_name("promo-race")
     v1 = _register(server, name, tiny_models[0])
     promote(name, scripted({v1: {"mathv": 10.0}}), {"mathv": 0.0}, tmp_path / "lock", server)
     v2 = _register(server, name, tiny_models[1])
@@ -157,7 +154,7 @@ def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models
     from mathllava.data.synthetic import GeneratorConfig, generate
 
     heldout = generate(tmp_path / "heldout", GeneratorConfig(n_images=6, seed=5, image_size=64, unclear_fraction=0.0))
-    name = "promo-eval"
+    name = unique_name("promo-eval")
     versions = [_register(server, name, m) for m in tiny_models]
     evaluate = scorer(EvalSettings(math_v_dir=None, heldout_annotations=str(heldout), max_new_tokens=4), server)
     scores = evaluate(MlflowClient(server), name, versions)
@@ -170,7 +167,7 @@ def test_the_evaluator_scores_every_version_on_the_same_sets(server, tiny_models
 def test_two_concurrent_promotions_leave_one_consistent_result(server, tiny_models, tmp_path):
     from mathllava.data.synthetic import GeneratorConfig, generate
 
-    name = "promo-concurrent"
+    name = unique_name("promo-concurrent")
     v1 = _register(server, name, tiny_models[0])
     promote(name, scripted({v1: {"heldout": 0.0}}), {"heldout": 0.0}, tmp_path / "lock", server)
     v2 = _register(server, name, tiny_models[1])
@@ -196,13 +193,13 @@ def test_two_concurrent_promotions_leave_one_consistent_result(server, tiny_mode
 
 
 def test_a_champion_that_was_not_scored_is_never_skipped(server, tiny_models, tmp_path):
-    name = "promo-unscored"
+    name = unique_name("promo-unscored")
     v1 = _register(server, name, tiny_models[0])
     promote(name, scripted({v1: {"mathv": 1.0}}), {"mathv": 0.0}, tmp_path / "lock", server)
     v2 = _register(server, name, tiny_models[1])
     only_challenger = lambda client, model, versions: {v2: {"mathv": 99.0}}  # noqa: E731
     decision, _ = promote(name, only_challenger, {"mathv": 0.0}, tmp_path / "lock", server)
-    assert not decision.promote and decision.reasons == [f"the champion v{v1} was not scored"]
+    assert decision == Decision(False, [f"the champion v{v1} was not scored"])
     assert _aliases(server, name) == {v1: [CHAMPION], v2: [CHALLENGER]}
 
 
@@ -210,10 +207,10 @@ def test_a_champion_that_was_not_scored_is_never_skipped(server, tiny_models, tm
 def test_an_unknown_model_exits_2_naming_the_model_and_the_server(server, action, capsys):
     from mathllava.cli import main
 
-    extra = ["--reason", "x"] if action == "rollback" else []
-    assert main(["registry", action, "no-such-model", "--tracking-uri", server, *extra]) == 2
+    extra, name = ["--reason", "x"] if action == "rollback" else [], unique_name("no-such-model")
+    assert main(["registry", action, name, "--tracking-uri", server, *extra]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: no registered model 'no-such-model' at {server}"
+    assert err == f"error: no registered model {name!r} at {server}"
 
 
 @pytest.mark.parametrize("action", ["show", "history", "promote"])
@@ -247,7 +244,7 @@ def test_zenml_stages_follow_every_promote_and_rollback(server, tiny_models, tmp
     from mathllava.cli import main
     from mathllava_zenml.stages import mirror
 
-    name, lock, client = f"stage-flow-{os.urandom(3).hex()}", tmp_path / "lock", Client()  # rerunnable in one state folder
+    name, lock, client = unique_name("stage-flow"), tmp_path / "lock", Client()  # rerunnable in one state folder
     client.create_model(name=name)
 
     def link(version):
@@ -290,3 +287,233 @@ def test_zenml_stages_follow_every_promote_and_rollback(server, tiny_models, tmp
     assert main(["registry", "history", name, "--tracking-uri", server]) == 0
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["event"] == "rollback" and last["stages"] == {v1: "production", v2: "archived"}
+
+
+# ---------------------------------------------------------------- exact records, precedence and messages
+def _bare_version(uri, name, alias=None, **fields) -> str:
+    """A new version without weights (for the tests whose scorer is scripted)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source="s3://bucket/none", await_creation_for=0, **fields).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def _audit_tags(uri, name, version) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    return {k: v for k, v in MlflowClient(uri).get_model_version(name, version).tags.items() if k.startswith("audit.")}
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """MLflow's default tracking URI (and $MLFLOW_TRACKING_URI) name another, empty store: a call that
+    drops the URI it was given looks there and finds no model."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    other = (tmp_path / "elsewhere").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    mlflow.set_tracking_uri(other)
+    yield other
+    mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture
+def nine_hours_east():
+    """Local time 9 hours ahead of UTC, so a stamp taken in local time would show."""
+    import time
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "JST-9"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def _stamp(text):
+    from datetime import datetime, timezone
+
+    return datetime.strptime(text, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def test_a_promotion_and_a_rollback_use_the_given_server_and_record_exactly_this(server, elsewhere, nine_hours_east,
+                                                                                  tmp_path, monkeypatch):
+    """Every call goes to the tracking URI it was given (not MLflow's default), the scorer gets that
+    server's client and the versions challenger first, and each audit record holds these fields, as
+    sorted JSON under audit.<UTC time>."""
+    import re
+    from datetime import datetime, timezone
+
+    from mlflow.tracking import MlflowClient
+
+    from mathllava.registry.promotion import require_model, rollback
+
+    monkeypatch.setenv("MATHLLAVA_ACTOR", "tester@ci")
+    name, lock, client = unique_name("promo-exact"), tmp_path / "lock", MlflowClient(server)
+    run = client.create_run(client.create_experiment(unique_name("promo-exact"))).info.run_id
+    v1 = _bare_version(server, name, CHAMPION, run_id=run, tags={"heldout_accuracy": "50.0"})
+    v2 = _bare_version(server, name, CHALLENGER)
+    require_model(name, server)   # found there, not in the default store
+    calls = []
+
+    def evaluate(client, model, versions):
+        calls.append((client.tracking_uri, model, list(versions)))
+        return {v1: {"mathv": 10.0, "heldout": 50.0}, v2: {"mathv": 12.0, "heldout": 49.5}}
+
+    margins = {"mathv": 1.0, "heldout": -1.0}
+    before = datetime.now(timezone.utc)
+    decision, entry = promote(name, evaluate, margins, lock, server)
+    after = datetime.now(timezone.utc)
+    assert calls == [(server, name, [v2, v1])]
+    scores = {"mathv": {"challenger": 12.0, "champion": 10.0}, "heldout": {"challenger": 49.5, "champion": 50.0}}
+    assert decision == Decision(True, ["mathv: challenger 12.00 > champion 10.00 + margin 1.00",
+                                       "heldout: challenger 49.50 > champion 50.00 + margin -1.00"], scores)
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z", entry["time"]) and before <= _stamp(entry["time"]) <= after
+    assert re.fullmatch(r"[0-9a-f]{32}", entry["decision"])
+    assert entry == {"time": entry["time"], "actor": "tester@ci", "event": "promote", "challenger": v2, "champion": v1,
+                     "scores": scores, "margins": margins, "reasons": decision.reasons, "reason": "",
+                     "decision": entry["decision"], "stage": "production"}
+    assert _audit_tags(server, name, v2) == {f"audit.{entry['time']}": json.dumps(entry, sort_keys=True)}
+    [(key, raw)] = _audit_tags(server, name, v1).items()   # the champion it replaced: the same decision, archived
+    archived = json.loads(raw)
+    assert raw == json.dumps(archived, sort_keys=True) and key == f"audit.{archived['time']}"
+    assert archived == {**entry, "time": archived["time"], "stage": "archived"}
+    assert before <= _stamp(archived["time"]) < _stamp(entry["time"])   # recorded first
+
+    rows = show(name, server)   # (MLflow gives "" as the run of a version registered without one)
+    assert [(r.version, r.aliases, r.stage, r.run_id, r.tags) for r in rows] == [
+        (v1, [PREVIOUS], "archived", run, {"heldout_accuracy": "50.0"}), (v2, [CHAMPION], "production", "", {})]
+    [event] = history(name, server)
+    assert event == {**entry, "version": v2, "time": archived["time"], "stages": {v1: "archived", v2: "production"}}
+
+    with pytest.raises(ValueError, match=r"^a rollback needs a reason$"):
+        rollback(name, " \t", lock, server)
+    back = rollback(name, "v2 regressed", lock, server)
+    assert re.fullmatch(r"[0-9a-f]{32}", back["decision"]) and back["decision"] != entry["decision"]
+    assert back == {"time": back["time"], "actor": "tester@ci", "event": "rollback", "champion": v1, "rolled_back": v2,
+                    "reason": "v2 regressed", "decision": back["decision"], "stage": "production"}
+    assert _aliases(server, name) == {v1: [CHAMPION]}
+    assert [(e["event"], e["version"]) for e in history(name, server)] == [("promote", v2), ("rollback", v1)]
+
+
+def test_history_puts_each_decision_on_the_version_it_was_about(server, tmp_path):
+    """The challenger's record is the decision's (an older version promoted over a newer one, and a newer
+    over an older one: whichever record the registry lists first); a record without a challenger is its
+    own version's, and one naming a version without a record stays on the version that holds it."""
+    from mlflow.tracking import MlflowClient
+
+    from mathllava.registry.promotion import record
+
+    name, lock, client = unique_name("promo-order"), tmp_path / "lock", MlflowClient(server)
+    v1, v2 = _bare_version(server, name), _bare_version(server, name, CHALLENGER)
+    promote(name, scripted({v2: {"mathv": 1.0}}), {"mathv": 0.0}, lock, server)
+    client.set_registered_model_alias(name, CHALLENGER, v1)   # the older version challenges
+    promote(name, scripted({v1: {"mathv": 5.0}, v2: {"mathv": 1.0}}), {"mathv": 0.0}, lock, server)
+    v3 = _bare_version(server, name, CHALLENGER)               # a newer one
+    promote(name, scripted({v1: {"mathv": 5.0}, v3: {"mathv": 9.0}}), {"mathv": 0.0}, lock, server)
+    record(client, name, v1, {"event": "nominated", "stage": "staging"})   # as `mathllava experiment promote` does
+    record(client, name, v2, {"event": "note", "challenger": "999", "decision": "d-1"})
+    events = history(name, server)
+    assert [(e["event"], e["version"], e.get("stage"), e["stages"]) for e in events] == [
+        ("promote", v2, "production", {v2: "production"}),
+        ("promote", v1, "production", {v1: "production", v2: "archived"}),
+        ("promote", v3, "production", {v1: "archived", v3: "production"}),
+        ("nominated", v1, "staging", {v1: "staging"}),
+        ("note", v2, None, {v2: None})]
+
+
+def test_compare_decides_on_every_metric_and_says_which_side_each_is():
+    first = compare({"mathv": 20.0, "other": 1.0}, None, {"mathv": 0.0, "heldout": 0.0})
+    assert first == Decision(True, ["no champion yet: the challenger becomes the first"],
+                             {"mathv": {"challenger": 20.0}})   # only the metrics with a margin
+    # a metric that fails loses the comparison even when a later one passes
+    lost = compare({"heldout": 10.0, "mathv": 25.0}, {"heldout": 12.0, "mathv": 20.0}, {"heldout": -1.0, "mathv": 0.0})
+    assert lost == Decision(False, ["heldout: challenger 10.00 <= champion 12.00 + margin -1.00",
+                                    "mathv: challenger 25.00 > champion 20.00 + margin 0.00"],
+                            {"heldout": {"challenger": 10.0, "champion": 12.0},
+                             "mathv": {"challenger": 25.0, "champion": 20.0}})
+    missing = compare({"mathv": 25.0, "chart": 3.0}, {"mathv": 20.0}, {"mathv": 0.0, "heldout": 0.0, "chart": 0.0})
+    assert missing == Decision(False, ["metric chart was not scored for both versions",
+                                       "metric heldout was not scored for both versions"])
+
+
+def test_nothing_to_promote_is_refused_by_name_and_moves_nothing(server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mathllava.registry.promotion import compare_with_champion
+
+    name, lock = unique_name("promo-nothing"), tmp_path / "lock"
+    v1 = _bare_version(server, name, CHAMPION)
+    with pytest.raises(ValueError, match=rf"^{name} has no 'challenger' version to promote$"):
+        promote(name, scripted({}), {"mathv": 0.0}, lock, server)
+    MlflowClient(server).set_registered_model_alias(name, CHALLENGER, v1)
+    with pytest.raises(ValueError, match=rf"^{name} v{v1} is already the champion$"):
+        compare_with_champion(name, scripted({}), {"mathv": 0.0}, server)
+    assert _aliases(server, name) == {v1: [CHALLENGER, CHAMPION]} and history(name, server) == []
+
+
+def test_an_unknown_model_is_named_with_the_server_that_was_asked(server):
+    import mlflow
+
+    from mathllava.registry.promotion import require_model
+
+    name, before = unique_name("no-such-model"), mlflow.get_tracking_uri()
+    with pytest.raises(ValueError, match=rf"^no registered model '{name}' at {server}$"):
+        require_model(name, server)
+    assert show(name, server) == [] and history(name, server) == []
+    mlflow.set_tracking_uri(server)   # no URI given: MLflow's default, named in the message
+    try:
+        with pytest.raises(ValueError, match=rf"^no registered model '{name}' at {server}$"):
+            require_model(name)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def test_the_actor_is_the_configured_one_else_user_at_host(monkeypatch):
+    import getpass
+    import socket
+
+    from mathllava.registry.promotion import actor
+
+    monkeypatch.setenv("MATHLLAVA_ACTOR", "pipeline run nightly-7")
+    assert actor() == "pipeline run nightly-7"
+    monkeypatch.setenv("MATHLLAVA_ACTOR", "")
+    assert actor() == f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def test_the_comparison_is_logged_as_a_table_and_a_chart_of_both_versions(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from mathllava import plots, tracking
+    from mathllava.registry.promotion import as_dict, log_comparison
+
+    logged, charts, real = [], [], plots.accuracy_bars
+
+    def bars(named, title):
+        charts.append((named, title, real(named, title)))
+        return charts[-1][2]
+
+    monkeypatch.setattr(tracking, "log_table", lambda data, name: logged.append((name, data)))
+    monkeypatch.setattr(tracking, "log_figure", lambda fig, name: logged.append((name, fig)))
+    monkeypatch.setattr(plots, "accuracy_bars", bars)
+    log_comparison("3", "2", {"mathv": {"challenger": 21.0, "champion": 20.0},
+                              "heldout": {"challenger": 40.0, "champion": 45.0}}, {"mathv": 0.5})
+    [(named, title, fig)] = charts
+    plt.close(fig)
+    assert logged == [("registry/comparison.json", {"metric": ["heldout", "mathv"], "challenger v3": [40.0, 21.0],
+                                                    "champion v2": [45.0, 20.0], "margin": [0.0, 0.5]}),
+                      ("registry/comparison.png", fig)]
+    assert named == {"challenger v3": {"heldout": 40.0, "mathv": 21.0}, "champion v2": {"heldout": 45.0, "mathv": 20.0}}
+    assert title == "challenger vs champion, same sets"
+    assert as_dict(Decision(True, ["r"], {"m": {"challenger": 1.0}})) == {
+        "promote": True, "reasons": ["r"], "scores": {"m": {"challenger": 1.0}}}

@@ -69,6 +69,50 @@ def test_the_weights_digest_reads_large_files_whole(tmp_path):
     assert weights_digest(_model(tmp_path / "b", bytes(big))) != first
 
 
+def test_the_weights_digest_is_sha256_of_each_name_a_nul_and_the_bytes(tmp_path):
+    """The digest's exact recipe: registered versions carry it as a tag, so a new release must compute the
+    same value for the same weights, or identical weights would become a second version."""
+    import hashlib
+
+    folder = _model(tmp_path / "m", b"\x01\x02", extra={"sub/a.bin": b"xyz"})
+    expected = hashlib.sha256(b"model.safetensors\0\x01\x02" + b"sub/a.bin\0xyz").hexdigest()
+    assert weights_digest(folder) == expected
+
+
+def test_the_weights_digest_reads_in_blocks_of_at_most_1_mib(tmp_path, monkeypatch):
+    """A weight shard of many GiB is hashed without being read into memory whole."""
+    import builtins
+
+    from mathllava.registry import versions
+
+    sizes = []
+
+    def counting_open(*args, **kwargs):
+        handle = builtins.open(*args, **kwargs)
+        read = handle.read
+
+        class Counted:
+            def __enter__(self):
+                handle.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+            def read(self, size=-1):
+                sizes.append(size)
+                return read(size)
+
+        return Counted()
+
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    folder = _model(tmp_path / "m", data)
+    expected = weights_digest(folder)
+    monkeypatch.setattr(versions, "open", counting_open, raising=False)
+    assert weights_digest(folder) == expected
+    assert len(sizes) >= 4 and all(isinstance(n, int) and 0 < n <= 1 << 20 for n in sizes), sizes
+
+
 def test_a_folder_without_weights_is_refused_by_name(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
@@ -84,7 +128,7 @@ def test_register_identical_and_tag(tracking, tmp_path):
 
     name = f"versions-{os.urandom(3).hex()}"
     assert identical_version(name, "0" * 64) is None                 # no such model yet
-    with pytest.raises(RuntimeError, match="needs an active MLflow run"):
+    with pytest.raises(RuntimeError, match="^register_model_dir needs an active MLflow run$"):
         register_model_dir(str(_model(tmp_path / "m")), name, {})
     digest = weights_digest(_model(tmp_path / "m"))
     mlflow.set_experiment(name)   # this server's own experiment, whatever an earlier test left active
@@ -105,6 +149,8 @@ def test_register_identical_and_tag(tracking, tmp_path):
     assert identical_version(name, digest) == "1"                   # the oldest of the two
     assert identical_version(name, weights_digest(tmp_path / "n")) == "3"
     assert identical_version(name, "f" * 64) is None
+    assert identical_version(f"{name}-other", digest) is None        # only this model's versions count
+    assert not client.get_model_version(name, second).description     # none given: none recorded
     tag_with_run(name, "1", "run-b", "abc123")
     tags = client.get_model_version(name, "1").tags
     assert tags["also_produced_by.run-b"] == "abc123" and tags["last_produced_by"] == "run-b"

@@ -113,7 +113,7 @@ def log_comparison(challenger: str, champion: str, scores: dict, margins: dict) 
 def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    return MlflowClient(tracking_uri=tracking_uri)   # None (or ""): MLflow's default, as MlflowClient() has it
 
 
 def require_model(name: str, tracking_uri: str | None = None) -> None:
