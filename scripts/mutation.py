@@ -114,10 +114,9 @@ def mutmut_env() -> dict[str, str]:
 
 
 @contextmanager
-def shared_mlflow(module: str, work: Path):
+def shared_mlflow(module: str, work: Path, env: dict[str, str]):
     """For a module of SHARED_MLFLOW: a local MLflow server (state under `work`/mlflow-server) for the
-    whole run, its URI in the environment it yields; stopped afterwards. Other modules: mutmut_env()."""
-    env = mutmut_env()
+    whole run, its URI added to `env` in what it yields; stopped afterwards. Other modules: `env` as it is."""
     if module not in SHARED_MLFLOW:
         yield env
         return
@@ -181,7 +180,7 @@ def run_module(module: str, tests: list[str], max_children: int, timeout: float)
     env = mutmut_env()
     log = work / "mutmut.log"
     start = time.monotonic()
-    with log.open("w") as handle, shared_mlflow(module, work) as run_env:
+    with log.open("w") as handle, shared_mlflow(module, work, env) as run_env:
         try:
             rc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
                                  *mutant_patterns(module)],
@@ -213,7 +212,8 @@ def run_module(module: str, tests: list[str], max_children: int, timeout: float)
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     judged = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
     killed = sum(n for status, n in counts.items() if status in KILLED)
-    return {"module": module, "part": PARTS.get(module), "tests": tests, "warning": warning, "seconds": seconds, "counts": counts, "killed": killed,
+    return {"module": module, "part": PARTS.get(module), "tests": tests, "warning": warning, "seconds": seconds,
+            "counts": counts, "killed": killed,
             "judged": judged, "score": 100.0 * killed / judged if judged else 0.0,
             "not_killed": {k: v for k, v in mutants.items() if v["status"] not in KILLED}, "work": str(work)}
 
